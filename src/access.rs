@@ -1,0 +1,311 @@
+//! Who may create, edit, enable, disable or delete which postback, and the audit trail of every
+//! authorized change.
+//!
+//! The network (its managers) may do everything. A partner may change only its own
+//! partner-global and specific postbacks, and only while the network's "partners may edit their
+//! own postbacks" setting is on. Offer-global postbacks belong to the network alone.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Level, ManagerId, PartnerId, Postback, PostbackId};
+use crate::registry::{Registry, RegistryError};
+
+/// Who asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "type", content = "id", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Actor {
+    /// A manager of the network.
+    Network(ManagerId),
+    /// A partner, in its own portal.
+    Partner(PartnerId),
+}
+
+impl fmt::Display for Actor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Actor::Network(m) => write!(f, "network manager {m}"),
+            Actor::Partner(p) => write!(f, "partner {p}"),
+        }
+    }
+}
+
+/// What is asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Operation {
+    /// Add a postback.
+    Create,
+    /// Change a postback's settings.
+    Edit,
+    /// Make it active (also after an automatic disable).
+    Enable,
+    /// Pause it.
+    Disable,
+    /// Remove it.
+    Delete,
+}
+
+impl Operation {
+    /// Every operation.
+    pub const ALL: [Operation; 5] = [
+        Operation::Create,
+        Operation::Edit,
+        Operation::Enable,
+        Operation::Disable,
+        Operation::Delete,
+    ];
+}
+
+impl fmt::Display for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Operation::Create => "create",
+            Operation::Edit => "edit",
+            Operation::Enable => "enable",
+            Operation::Disable => "disable",
+            Operation::Delete => "delete",
+        })
+    }
+}
+
+/// The network's settings that govern partners.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Settings {
+    /// Whether partners may create and change their own postbacks (default `true`; the
+    /// network's Global Settings switch turns it off).
+    pub partners_may_edit: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            partners_may_edit: true,
+        }
+    }
+}
+
+impl Settings {
+    /// Settings with partner self-edit on or off.
+    pub const fn partners_may_edit(on: bool) -> Settings {
+        Settings {
+            partners_may_edit: on,
+        }
+    }
+}
+
+/// A refused or failed change. Each message says who may do it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AccessError {
+    /// The network has turned partner self-edit off.
+    #[error(
+        "partners may not {0} postbacks on this network: ask a network manager, who may also turn partner self-edit back on in the global settings"
+    )]
+    PartnerEditingOff(Operation),
+    /// Offer-global postbacks are the network's.
+    #[error(
+        "only a network manager may {0} an offer-global postback: it fires for every partner of the offer"
+    )]
+    NetworkOnly(Operation),
+    /// Another partner's postback.
+    #[error(
+        "postback {postback} belongs to {owner}, not {actor}: only its owner or a network manager may {operation} it"
+    )]
+    NotOwner {
+        /// Who asked.
+        actor: PartnerId,
+        /// The owner.
+        owner: String,
+        /// The postback.
+        postback: PostbackId,
+        /// What was asked.
+        operation: Operation,
+    },
+    /// An edit that changes the postback's id.
+    #[error("an edit must keep the postback's id ({0}): create a new postback instead")]
+    IdChanged(PostbackId),
+    /// The registry refused.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+}
+
+/// One authorized change: who, what, which postback, when, and the postback before and after.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Who.
+    pub actor: Actor,
+    /// What.
+    pub operation: Operation,
+    /// Which postback.
+    pub postback: PostbackId,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// The postback before (absent on create).
+    pub before: Option<Postback>,
+    /// The postback after (absent on delete).
+    pub after: Option<Postback>,
+}
+
+/// Decide whether `actor` may do `op` to `target` under `settings`.
+pub fn authorize(
+    settings: &Settings,
+    actor: Actor,
+    op: Operation,
+    target: &Postback,
+) -> Result<(), AccessError> {
+    let partner = match actor {
+        Actor::Network(_) => return Ok(()),
+        Actor::Partner(p) => p,
+    };
+    if !settings.partners_may_edit {
+        return Err(AccessError::PartnerEditingOff(op));
+    }
+    if target.level() == Level::OfferGlobal {
+        return Err(AccessError::NetworkOnly(op));
+    }
+    match target.partner() {
+        Some(owner) if owner == partner => Ok(()),
+        owner => Err(AccessError::NotOwner {
+            actor: partner,
+            owner: owner.map_or_else(|| "the network".to_owned(), |o| format!("partner {o}")),
+            postback: target.id(),
+            operation: op,
+        }),
+    }
+}
+
+/// Applies changes to a [`Registry`] on behalf of an actor, after [`authorize`], and returns the
+/// audit entry of each change. Nothing changes when the answer is an error.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Gatekeeper {
+    /// The network's settings.
+    pub settings: Settings,
+}
+
+impl Gatekeeper {
+    /// A gatekeeper with these settings.
+    pub const fn new(settings: Settings) -> Gatekeeper {
+        Gatekeeper { settings }
+    }
+
+    /// Add a postback.
+    pub fn create(
+        &self,
+        registry: &mut Registry,
+        actor: Actor,
+        now: DateTime<Utc>,
+        postback: Postback,
+    ) -> Result<AuditEntry, AccessError> {
+        authorize(&self.settings, actor, Operation::Create, &postback)?;
+        let id = postback.id();
+        registry.insert(postback.clone())?;
+        Ok(AuditEntry {
+            actor,
+            operation: Operation::Create,
+            postback: id,
+            at: now,
+            before: None,
+            after: Some(postback),
+        })
+    }
+
+    /// Replace a postback with a changed version of itself (same id). The actor must be allowed
+    /// to edit both the old and the new version, so a partner cannot hand a postback to someone
+    /// else or turn it offer-global.
+    pub fn edit(
+        &self,
+        registry: &mut Registry,
+        actor: Actor,
+        now: DateTime<Utc>,
+        postback: Postback,
+    ) -> Result<AuditEntry, AccessError> {
+        let id = postback.id();
+        let before = registry.get(id).ok_or(RegistryError::NotFound(id))?;
+        authorize(&self.settings, actor, Operation::Edit, before)?;
+        authorize(&self.settings, actor, Operation::Edit, &postback)?;
+        let before = registry.update(postback.clone())?;
+        Ok(AuditEntry {
+            actor,
+            operation: Operation::Edit,
+            postback: id,
+            at: now,
+            before: Some(before),
+            after: Some(postback),
+        })
+    }
+
+    /// Make a postback active.
+    pub fn enable(
+        &self,
+        registry: &mut Registry,
+        actor: Actor,
+        now: DateTime<Utc>,
+        id: PostbackId,
+    ) -> Result<AuditEntry, AccessError> {
+        self.change_status(registry, actor, now, id, Operation::Enable)
+    }
+
+    /// Pause a postback.
+    pub fn disable(
+        &self,
+        registry: &mut Registry,
+        actor: Actor,
+        now: DateTime<Utc>,
+        id: PostbackId,
+    ) -> Result<AuditEntry, AccessError> {
+        self.change_status(registry, actor, now, id, Operation::Disable)
+    }
+
+    /// Remove a postback.
+    pub fn delete(
+        &self,
+        registry: &mut Registry,
+        actor: Actor,
+        now: DateTime<Utc>,
+        id: PostbackId,
+    ) -> Result<AuditEntry, AccessError> {
+        let target = registry.get(id).ok_or(RegistryError::NotFound(id))?;
+        authorize(&self.settings, actor, Operation::Delete, target)?;
+        let before = registry.remove(id)?;
+        Ok(AuditEntry {
+            actor,
+            operation: Operation::Delete,
+            postback: id,
+            at: now,
+            before: Some(before),
+            after: None,
+        })
+    }
+
+    fn change_status(
+        &self,
+        registry: &mut Registry,
+        actor: Actor,
+        now: DateTime<Utc>,
+        id: PostbackId,
+        op: Operation,
+    ) -> Result<AuditEntry, AccessError> {
+        let target = registry.get(id).ok_or(RegistryError::NotFound(id))?;
+        authorize(&self.settings, actor, op, target)?;
+        let before = target.clone();
+        match op {
+            Operation::Enable => registry.enable(id)?,
+            _ => registry.disable(id)?,
+        };
+        let after = registry.get(id).cloned();
+        Ok(AuditEntry {
+            actor,
+            operation: op,
+            postback: id,
+            at: now,
+            before: Some(before),
+            after,
+        })
+    }
+}

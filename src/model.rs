@@ -1,0 +1,716 @@
+//! The postback model: ids, what triggers a postback, at which level it applies, how it is
+//! delivered, its status, and the validated [`Postback`] with its builder.
+//!
+//! ```
+//! use postback::model::{Kind, Level, OfferId, PartnerId, Postback, PostbackId};
+//!
+//! let pb = Postback::builder(PostbackId::new(1))
+//!     .partner(PartnerId::new(7))
+//!     .offer(OfferId::new(42))
+//!     .url("https://tracker.example/postback?cid={sub1}&payout={payout}")
+//!     .build()?;
+//! assert_eq!(pb.level(), Level::Specific);
+//! assert_eq!(pb.kind(), Kind::Conversion);
+//! # Ok::<(), postback::model::ConfigError>(())
+//! ```
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::template::{Catalog, Context, Options, Template, TemplateError};
+
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(u64);
+
+        impl $name {
+            /// Wrap a raw id.
+            pub const fn new(id: u64) -> Self {
+                Self(id)
+            }
+            /// The raw id.
+            pub const fn get(self) -> u64 {
+                self.0
+            }
+        }
+
+        impl From<u64> for $name {
+            fn from(id: u64) -> Self {
+                Self(id)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Display::fmt(&self.0, f)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, concat!(stringify!($name), "({})"), self.0)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = std::num::ParseIntError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                s.parse().map(Self)
+            }
+        }
+    };
+}
+
+id_type! {
+    /// A partner (publisher, media buyer, affiliate).
+    PartnerId
+}
+id_type! {
+    /// An offer. Smartlinks are offers too.
+    OfferId
+}
+id_type! {
+    /// An event other than the base conversion (install, deposit, ...).
+    EventId
+}
+id_type! {
+    /// A configured postback.
+    PostbackId
+}
+id_type! {
+    /// A person at the network (an affiliate or network manager), for audit entries.
+    ManagerId
+}
+
+/// What fires a postback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Kind {
+    /// The base conversion.
+    #[default]
+    Conversion,
+    /// An event other than the base conversion: one event, or every event when `event` is `None`.
+    Event {
+        /// The event this postback is for; `None` for all events.
+        event: Option<EventId>,
+    },
+    /// A valid click on an offer paid per click. Always Specific and server-to-server; CPC
+    /// postbacks do not show in the postback report.
+    Cpc,
+}
+
+impl Kind {
+    /// An event postback for one event.
+    pub const fn event(id: EventId) -> Kind {
+        Kind::Event { event: Some(id) }
+    }
+
+    /// An event postback for every event.
+    pub const fn any_event() -> Kind {
+        Kind::Event { event: None }
+    }
+}
+
+/// How widely a postback applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Level {
+    /// One partner, every offer (Everflow's `global`).
+    PartnerGlobal,
+    /// One offer, every partner (Everflow's `global_offer`).
+    OfferGlobal,
+    /// One partner on one offer (Everflow's `specific`).
+    Specific,
+}
+
+impl Level {
+    /// Levels from most to least specific: the order of precedence.
+    pub const BY_PRECEDENCE: [Level; 3] =
+        [Level::Specific, Level::OfferGlobal, Level::PartnerGlobal];
+}
+
+impl fmt::Display for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Level::PartnerGlobal => "partner-global",
+            Level::OfferGlobal => "offer-global",
+            Level::Specific => "specific",
+        })
+    }
+}
+
+/// The level together with the ids it needs: a Specific postback cannot lack its offer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "level", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Scope {
+    /// One partner, every offer.
+    PartnerGlobal {
+        /// The partner.
+        partner: PartnerId,
+    },
+    /// One offer, every partner.
+    OfferGlobal {
+        /// The offer.
+        offer: OfferId,
+    },
+    /// One partner on one offer.
+    Specific {
+        /// The partner.
+        partner: PartnerId,
+        /// The offer.
+        offer: OfferId,
+    },
+}
+
+impl Scope {
+    /// The level.
+    pub const fn level(&self) -> Level {
+        match self {
+            Scope::PartnerGlobal { .. } => Level::PartnerGlobal,
+            Scope::OfferGlobal { .. } => Level::OfferGlobal,
+            Scope::Specific { .. } => Level::Specific,
+        }
+    }
+
+    /// The partner, for partner-global and specific postbacks.
+    pub const fn partner(&self) -> Option<PartnerId> {
+        match self {
+            Scope::PartnerGlobal { partner } | Scope::Specific { partner, .. } => Some(*partner),
+            Scope::OfferGlobal { .. } => None,
+        }
+    }
+
+    /// The offer, for offer-global and specific postbacks.
+    pub const fn offer(&self) -> Option<OfferId> {
+        match self {
+            Scope::OfferGlobal { offer } | Scope::Specific { offer, .. } => Some(*offer),
+            Scope::PartnerGlobal { .. } => None,
+        }
+    }
+}
+
+/// The HTTP method of a server-to-server postback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum HttpMethod {
+    /// `GET`: the values travel in the URL (the norm).
+    #[default]
+    #[serde(rename = "GET")]
+    Get,
+    /// `POST`: the same URL, sent with `POST` and an empty body.
+    #[serde(rename = "POST")]
+    Post,
+}
+
+/// How a postback is delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Method {
+    /// Server-to-server: the network's server requests the URL.
+    ServerToServer {
+        /// GET or POST.
+        http: HttpMethod,
+    },
+    /// An `<img>` pixel rendered into the conversion page.
+    ImagePixel,
+    /// An `<iframe>` pixel rendered into the conversion page.
+    IframePixel,
+    /// HTML or JavaScript code rendered into the conversion page.
+    HtmlCode,
+}
+
+impl Method {
+    /// Server-to-server with GET.
+    pub const S2S: Method = Method::ServerToServer {
+        http: HttpMethod::Get,
+    };
+
+    /// Whether the network's server sends it.
+    pub const fn is_server_to_server(&self) -> bool {
+        matches!(self, Method::ServerToServer { .. })
+    }
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Method::ServerToServer {
+                http: HttpMethod::Get,
+            } => "server-to-server GET",
+            Method::ServerToServer {
+                http: HttpMethod::Post,
+            } => "server-to-server POST",
+            Method::ImagePixel => "image pixel",
+            Method::IframePixel => "iframe pixel",
+            Method::HtmlCode => "HTML code",
+        })
+    }
+}
+
+/// Whether a postback fires.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Status {
+    /// Fires.
+    #[default]
+    Active,
+    /// Paused by a person.
+    Inactive,
+    /// Switched off automatically after repeated delivery failures.
+    Disabled {
+        /// Why, in words a network manager reads.
+        reason: String,
+        /// When.
+        at: DateTime<Utc>,
+    },
+}
+
+impl Status {
+    /// Whether it fires.
+    pub const fn is_active(&self) -> bool {
+        matches!(self, Status::Active)
+    }
+}
+
+/// The longest firing delay: five minutes, as Everflow allows.
+pub const MAX_DELAY: Duration = Duration::from_secs(300);
+
+/// A postback that cannot be configured. Each message says how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A CPC postback at a level other than Specific.
+    #[error(
+        "a CPC postback must be Specific (one partner on one offer), not {0}: set the level to Specific or leave it unset"
+    )]
+    CpcNotSpecific(Level),
+    /// A CPC postback not delivered server-to-server.
+    #[error(
+        "a CPC postback must be server-to-server, not {0}: choose server-to-server or leave the method unset"
+    )]
+    CpcNotServerToServer(Method),
+    /// Neither partner nor offer given.
+    #[error("a postback needs a partner, an offer, or both: set at least one")]
+    MissingScope,
+    /// The level needs a partner.
+    #[error("a {0} postback needs a partner: set the partner")]
+    MissingPartner(Level),
+    /// The level needs an offer.
+    #[error("a {0} postback needs an offer: set the offer")]
+    MissingOffer(Level),
+    /// A partner given for an offer-global postback.
+    #[error(
+        "an offer-global postback fires for every partner: remove the partner, or choose Specific for one partner"
+    )]
+    UnexpectedPartner,
+    /// An offer given for a partner-global postback.
+    #[error(
+        "a partner-global postback fires on every offer: remove the offer, or choose Specific for one offer"
+    )]
+    UnexpectedOffer,
+    /// No URL or code.
+    #[error(
+        "the postback has no URL: set the partner's postback URL (or the HTML code for an HTML postback)"
+    )]
+    MissingUrl,
+    /// The template is invalid.
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    /// A server-to-server postback without a click id.
+    #[error(
+        "the postback URL carries no click id, so the partner cannot credit conversions: add one of {0}, mapped to the partner's click id parameter"
+    )]
+    MissingClickId(String),
+    /// Delay over [`MAX_DELAY`].
+    #[error("a firing delay of {0:?} is too long: the limit is 5 minutes")]
+    DelayTooLong(Duration),
+    /// A delay on a pixel.
+    #[error(
+        "a firing delay applies only to server-to-server postbacks, not to a {0}: remove the delay"
+    )]
+    DelayOnPixel(Method),
+    /// Description over 1,000 characters.
+    #[error("the description is {0} characters; the limit is 1000")]
+    DescriptionTooLong(usize),
+}
+
+/// A validated postback. Build one with [`Postback::builder`]; change one with
+/// [`Postback::to_builder`], which validates again.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "PostbackData", into = "PostbackData")]
+pub struct Postback {
+    id: PostbackId,
+    scope: Scope,
+    kind: Kind,
+    method: Method,
+    status: Status,
+    description: String,
+    delay: Duration,
+    template: Template,
+}
+
+impl fmt::Debug for Postback {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Postback")
+            .field("id", &self.id)
+            .field("scope", &self.scope)
+            .field("kind", &self.kind)
+            .field("method", &self.method)
+            .field("status", &self.status)
+            .field("template", &self.template)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Postback {
+    /// Start building a postback.
+    pub fn builder(id: PostbackId) -> PostbackBuilder {
+        PostbackBuilder::new(id)
+    }
+
+    /// A builder holding this postback's settings, to change and build again.
+    pub fn to_builder(&self) -> PostbackBuilder {
+        let level = self.scope.level();
+        PostbackBuilder {
+            id: self.id,
+            partner: self.scope.partner(),
+            offer: self.scope.offer(),
+            level: Some(level),
+            kind: self.kind,
+            method: Some(self.method),
+            status: self.status.clone(),
+            description: self.description.clone(),
+            delay: self.delay,
+            source: Some(self.template.as_str().to_owned()),
+            options: self.template.options(),
+            catalog: None,
+            template: Some(self.template.clone()),
+        }
+    }
+
+    /// Its id.
+    pub fn id(&self) -> PostbackId {
+        self.id
+    }
+    /// Level and ids.
+    pub fn scope(&self) -> Scope {
+        self.scope
+    }
+    /// The level.
+    pub fn level(&self) -> Level {
+        self.scope.level()
+    }
+    /// The partner, unless offer-global.
+    pub fn partner(&self) -> Option<PartnerId> {
+        self.scope.partner()
+    }
+    /// The offer, unless partner-global.
+    pub fn offer(&self) -> Option<OfferId> {
+        self.scope.offer()
+    }
+    /// What fires it.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+    /// How it is delivered.
+    pub fn method(&self) -> Method {
+        self.method
+    }
+    /// Whether it fires.
+    pub fn status(&self) -> &Status {
+        &self.status
+    }
+    /// Change the status. Any status is valid for any postback, so no rebuild is needed.
+    pub fn set_status(&mut self, status: Status) {
+        self.status = status;
+    }
+    /// The description.
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+    /// How long after the trigger a server-to-server postback fires.
+    pub fn delay(&self) -> Duration {
+        self.delay
+    }
+    /// The parsed URL or HTML template.
+    pub fn template(&self) -> &Template {
+        &self.template
+    }
+    /// Bytes this postback holds on the heap (capacity planning).
+    pub fn heap_bytes(&self) -> usize {
+        self.description.len() + self.template.heap_bytes()
+    }
+}
+
+/// Builds a [`Postback`], refusing invalid combinations with a [`ConfigError`].
+///
+/// Unset choices default as the seeds describe: a CPC postback becomes Specific and
+/// server-to-server; otherwise the level follows from the ids given (partner and offer:
+/// Specific; partner only: PartnerGlobal; offer only: OfferGlobal) and the method is
+/// server-to-server GET.
+#[derive(Clone)]
+#[must_use]
+pub struct PostbackBuilder {
+    id: PostbackId,
+    partner: Option<PartnerId>,
+    offer: Option<OfferId>,
+    level: Option<Level>,
+    kind: Kind,
+    method: Option<Method>,
+    status: Status,
+    description: String,
+    delay: Duration,
+    source: Option<String>,
+    options: Options,
+    catalog: Option<Catalog>,
+    /// The already-parsed template, reused when the source and parsing inputs did not change.
+    template: Option<Template>,
+}
+
+impl fmt::Debug for PostbackBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostbackBuilder")
+            .field("id", &self.id)
+            .field("partner", &self.partner)
+            .field("offer", &self.offer)
+            .field("level", &self.level)
+            .field("kind", &self.kind)
+            .field("method", &self.method)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostbackBuilder {
+    fn new(id: PostbackId) -> Self {
+        PostbackBuilder {
+            id,
+            partner: None,
+            offer: None,
+            level: None,
+            kind: Kind::Conversion,
+            method: None,
+            status: Status::Active,
+            description: String::new(),
+            delay: Duration::ZERO,
+            source: None,
+            options: Options::default(),
+            catalog: None,
+            template: None,
+        }
+    }
+
+    /// The partner.
+    pub fn partner(mut self, p: PartnerId) -> Self {
+        self.partner = Some(p);
+        self
+    }
+    /// Clear the partner.
+    pub fn no_partner(mut self) -> Self {
+        self.partner = None;
+        self
+    }
+    /// The offer (or smartlink).
+    pub fn offer(mut self, o: OfferId) -> Self {
+        self.offer = Some(o);
+        self
+    }
+    /// Clear the offer.
+    pub fn no_offer(mut self) -> Self {
+        self.offer = None;
+        self
+    }
+    /// The level; unset, it follows from the ids (or is Specific for CPC).
+    pub fn level(mut self, l: Level) -> Self {
+        self.level = Some(l);
+        self
+    }
+    /// What fires it (default: conversion).
+    pub fn kind(mut self, k: Kind) -> Self {
+        self.kind = k;
+        self
+    }
+    /// How it is delivered (default: server-to-server GET).
+    pub fn method(mut self, m: Method) -> Self {
+        self.method = Some(m);
+        self
+    }
+    /// The status (default: active).
+    pub fn status(mut self, s: Status) -> Self {
+        self.status = s;
+        self
+    }
+    /// A description for people.
+    pub fn description(mut self, d: impl Into<String>) -> Self {
+        self.description = d.into();
+        self
+    }
+    /// Fire this long after the trigger (server-to-server only, at most 5 minutes).
+    pub fn delay(mut self, d: Duration) -> Self {
+        self.delay = d;
+        self
+    }
+    /// The postback URL (or, for [`Method::HtmlCode`], the code).
+    pub fn url(mut self, u: impl Into<String>) -> Self {
+        self.source = Some(u.into());
+        self.template = None;
+        self
+    }
+    /// The HTML or JavaScript code of an HTML postback; same as [`url`](Self::url).
+    pub fn code(self, c: impl Into<String>) -> Self {
+        self.url(c)
+    }
+    /// Template options: dialect, unknown and empty policies, currency order.
+    pub fn template_options(mut self, o: Options) -> Self {
+        self.options = o;
+        self.template = None;
+        self
+    }
+    /// A catalogue with the network's own macros or click-id choice.
+    pub fn catalog(mut self, c: Catalog) -> Self {
+        self.catalog = Some(c);
+        self.template = None;
+        self
+    }
+
+    /// Validate and build.
+    pub fn build(self) -> Result<Postback, ConfigError> {
+        let (level, method) = if self.kind == Kind::Cpc {
+            let level = self.level.unwrap_or(Level::Specific);
+            if level != Level::Specific {
+                return Err(ConfigError::CpcNotSpecific(level));
+            }
+            let method = self.method.unwrap_or(Method::S2S);
+            if !method.is_server_to_server() {
+                return Err(ConfigError::CpcNotServerToServer(method));
+            }
+            (level, method)
+        } else {
+            let level = match (self.level, self.partner, self.offer) {
+                (Some(l), _, _) => l,
+                (None, Some(_), Some(_)) => Level::Specific,
+                (None, Some(_), None) => Level::PartnerGlobal,
+                (None, None, Some(_)) => Level::OfferGlobal,
+                (None, None, None) => return Err(ConfigError::MissingScope),
+            };
+            (level, self.method.unwrap_or(Method::S2S))
+        };
+        let scope = match (level, self.partner, self.offer) {
+            (Level::PartnerGlobal, Some(partner), None) => Scope::PartnerGlobal { partner },
+            (Level::PartnerGlobal, Some(_), Some(_)) => return Err(ConfigError::UnexpectedOffer),
+            (Level::OfferGlobal, None, Some(offer)) => Scope::OfferGlobal { offer },
+            (Level::OfferGlobal, Some(_), _) => return Err(ConfigError::UnexpectedPartner),
+            (Level::Specific, Some(partner), Some(offer)) => Scope::Specific { partner, offer },
+            (Level::OfferGlobal | Level::Specific, _, None) => {
+                return Err(ConfigError::MissingOffer(level));
+            }
+            (Level::PartnerGlobal | Level::Specific, None, _) => {
+                return Err(ConfigError::MissingPartner(level));
+            }
+        };
+        if self.delay > MAX_DELAY {
+            return Err(ConfigError::DelayTooLong(self.delay));
+        }
+        if !self.delay.is_zero() && !method.is_server_to_server() {
+            return Err(ConfigError::DelayOnPixel(method));
+        }
+        let chars = self.description.chars().count();
+        if chars > 1000 {
+            return Err(ConfigError::DescriptionTooLong(chars));
+        }
+        let context = if method == Method::HtmlCode {
+            Context::Html
+        } else {
+            Context::Url
+        };
+        let template = match self.template {
+            Some(t) if t.context() == context => t,
+            _ => {
+                let source = self.source.as_deref().filter(|s| !s.trim().is_empty());
+                let source = source.ok_or(ConfigError::MissingUrl)?;
+                let catalog = self.catalog.as_ref().cloned().unwrap_or_default();
+                Template::compile(source, context, &catalog, self.options)?
+            }
+        };
+        if method.is_server_to_server() && !template.has_click_id() {
+            let catalog = self.catalog.unwrap_or_else(|| template.catalog());
+            let names: Vec<String> = catalog
+                .click_id_macros()
+                .iter()
+                .filter_map(|m| catalog.name(*m).map(|n| format!("{{{n}}}")))
+                .collect();
+            return Err(ConfigError::MissingClickId(names.join(", ")));
+        }
+        Ok(Postback {
+            id: self.id,
+            scope,
+            kind: self.kind,
+            method,
+            status: self.status,
+            description: self.description,
+            delay: self.delay,
+            template,
+        })
+    }
+}
+
+/// The serialized shape of a [`Postback`]; deserializing validates through the builder.
+#[derive(Serialize, Deserialize)]
+struct PostbackData {
+    id: PostbackId,
+    #[serde(flatten)]
+    scope: Scope,
+    kind: Kind,
+    method: Method,
+    status: Status,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    description: String,
+    #[serde(default)]
+    delay_ms: u64,
+    template: Template,
+}
+
+impl From<Postback> for PostbackData {
+    fn from(p: Postback) -> Self {
+        PostbackData {
+            id: p.id,
+            scope: p.scope,
+            kind: p.kind,
+            method: p.method,
+            status: p.status,
+            description: p.description,
+            delay_ms: u64::try_from(p.delay.as_millis()).unwrap_or(u64::MAX),
+            template: p.template,
+        }
+    }
+}
+
+impl TryFrom<PostbackData> for Postback {
+    type Error = ConfigError;
+    fn try_from(d: PostbackData) -> Result<Self, Self::Error> {
+        let mut b = Postback::builder(d.id)
+            .level(d.scope.level())
+            .kind(d.kind)
+            .method(d.method)
+            .status(d.status)
+            .description(d.description)
+            .delay(Duration::from_millis(d.delay_ms));
+        b.partner = d.scope.partner();
+        b.offer = d.scope.offer();
+        b.options = d.template.options();
+        b.source = Some(d.template.as_str().to_owned());
+        b.template = Some(d.template);
+        b.build()
+    }
+}

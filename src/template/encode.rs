@@ -1,0 +1,162 @@
+//! Percent-encoding sets by position, and the HTML escaping used for pixels.
+
+use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
+
+/// WHATWG query set: what a browser encodes in a query.
+const QUERY: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'#').add(b'<').add(b'>');
+/// WHATWG path set.
+const PATH: &AsciiSet = &QUERY.add(b'?').add(b'`').add(b'{').add(b'}').add(b'^');
+/// WHATWG userinfo set.
+const USERINFO: &AsciiSet = &PATH
+    .add(b'/')
+    .add(b':')
+    .add(b';')
+    .add(b'=')
+    .add(b'@')
+    .add(b'[')
+    .add(b'\\')
+    .add(b']')
+    .add(b'|');
+/// WHATWG component set: for values in a query key or value. `& = + # ? /` are all encoded, so
+/// a value can never add, end or alter a parameter.
+pub(crate) const COMPONENT: &AsciiSet = &USERINFO.add(b'$').add(b'%').add(b'&').add(b'+').add(b',');
+/// The path-segment set: the path set plus `/` and `%`, so a value stays one segment.
+pub(crate) const PATH_SEGMENT: &AsciiSet = &PATH.add(b'/').add(b'%');
+/// Everything but the unreserved characters: safe in HTML text, either kind of quoted attribute,
+/// a JavaScript string and a URL at once, for HTML/JS code whose context we cannot know.
+pub(crate) const STRICT: &AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+/// What is normalized in literal text a partner wrote: characters that may not appear raw in an
+/// HTTP request target. `%`, `&`, `=` and the rest keep their meaning.
+const LITERAL: &AsciiSet = &QUERY
+    .add(b'`')
+    .add(b'{')
+    .add(b'}')
+    .add(b'|')
+    .add(b'\\')
+    .add(b'^');
+
+/// Where a value lands, and so how it is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Position {
+    /// A query key or value, or the fragment.
+    Component,
+    /// Inside a path segment.
+    PathSegment,
+    /// HTML or JavaScript code.
+    Strict,
+}
+
+impl Position {
+    fn set(self) -> &'static AsciiSet {
+        match self {
+            Position::Component => COMPONENT,
+            Position::PathSegment => PATH_SEGMENT,
+            Position::Strict => STRICT,
+        }
+    }
+}
+
+/// Append `s` encoded for `pos`.
+#[inline]
+pub(crate) fn encode_into(out: &mut String, s: &str, pos: Position) {
+    let set = pos.set();
+    // Most values (ids, numbers) need nothing: one scan, one copy.
+    if s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
+    {
+        out.push_str(s);
+        return;
+    }
+    for chunk in utf8_percent_encode(s, set) {
+        out.push_str(chunk);
+    }
+}
+
+/// Append literal template text with characters that may not be sent raw percent-encoded. A `%`
+/// that does not start an escape is encoded too, so the result is always a valid request target.
+pub(crate) fn normalize_literal(out: &mut String, s: &str) {
+    let b = s.as_bytes();
+    let mut start = 0;
+    for (i, &c) in b.iter().enumerate() {
+        let lone_percent = c == b'%'
+            && !(b.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit));
+        if lone_percent {
+            out.extend(utf8_percent_encode(&s[start..i], LITERAL));
+            out.push_str("%25");
+            start = i + 1;
+        }
+    }
+    out.extend(utf8_percent_encode(&s[start..], LITERAL));
+}
+
+/// Append `s` escaped for a double-quoted HTML attribute value.
+pub(crate) fn html_attr_escape(out: &mut String, s: &str) {
+    let mut start = 0;
+    for (i, c) in s.char_indices() {
+        let rep = match c {
+            '&' => "&amp;",
+            '"' => "&quot;",
+            '\'' => "&#39;",
+            '<' => "&lt;",
+            '>' => "&gt;",
+            _ => continue,
+        };
+        out.push_str(&s[start..i]);
+        out.push_str(rep);
+        start = i + c.len_utf8();
+    }
+    out.push_str(&s[start..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn enc(s: &str, p: Position) -> String {
+        let mut o = String::new();
+        encode_into(&mut o, s, p);
+        o
+    }
+
+    #[test]
+    fn component_encodes_every_separator() {
+        assert_eq!(
+            enc("a b&c=d+e#f?g/h%", Position::Component),
+            "a%20b%26c%3Dd%2Be%23f%3Fg%2Fh%25"
+        );
+        assert_eq!(enc("€", Position::Component), "%E2%82%AC");
+        assert_eq!(enc("abc-._~", Position::Component), "abc-._~");
+    }
+
+    #[test]
+    fn path_segment_keeps_one_segment() {
+        assert_eq!(enc("a/b?c#d e", Position::PathSegment), "a%2Fb%3Fc%23d%20e");
+    }
+
+    #[test]
+    fn strict_leaves_only_unreserved() {
+        assert_eq!(
+            enc("'\"<>()!*", Position::Strict),
+            "%27%22%3C%3E%28%29%21%2A"
+        );
+    }
+
+    #[test]
+    fn literals_are_made_sendable() {
+        let mut o = String::new();
+        normalize_literal(&mut o, "a b|%20%zz{x}é");
+        assert_eq!(o, "a%20b%7C%20%25zz%7Bx%7D%C3%A9");
+    }
+
+    #[test]
+    fn attributes_are_escaped() {
+        let mut o = String::new();
+        html_attr_escape(&mut o, r#"a&b"c'<d>"#);
+        assert_eq!(o, "a&amp;b&quot;c&#39;&lt;d&gt;");
+    }
+}

@@ -1,0 +1,252 @@
+//! Warnings a partner-facing "test your postback" screen shows, sample values for previews, and
+//! redaction of secrets in URLs.
+
+use std::fmt;
+
+use chrono::DateTime;
+
+use super::Piece;
+use super::catalog::Macro;
+use super::money::{Amount, Currency};
+use super::syntax::Dialect;
+use super::values::{MacroValues, Value};
+
+/// URLs longer than this after a typical expansion are flagged: some receivers and proxies cut
+/// request lines near 2 KB.
+pub(crate) const LONG_URL: usize = 2048;
+
+/// A warning about a template that parses but may not do what the partner means.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Lint {
+    /// The URL is plain `http`: the conversion travels unencrypted.
+    PlainHttp,
+    /// The URL is long after a typical expansion.
+    LongUrl {
+        /// Length with sample values.
+        typical_len: usize,
+        /// The threshold.
+        limit: usize,
+    },
+    /// A token of another dialect, which would be sent literally.
+    ForeignDialect {
+        /// The token as written.
+        token: String,
+        /// The dialect it belongs to.
+        dialect: Dialect,
+        /// The macro name inside.
+        name: String,
+        /// Byte offset in the template.
+        at: usize,
+    },
+    /// The currency parameter was moved to the front of the query.
+    CurrencyMoved {
+        /// Its written position (1-based).
+        from: usize,
+    },
+    /// The currency parameter is not first, and the options keep the written order.
+    CurrencyNotFirst {
+        /// Its position (1-based).
+        position: usize,
+    },
+    /// A query parameter appears more than once.
+    DuplicateParam {
+        /// The parameter name.
+        key: String,
+    },
+    /// An unknown macro kept (as text or as nothing) under a lenient policy.
+    UnknownMacroKept {
+        /// The name.
+        name: String,
+        /// Byte offset.
+        at: usize,
+    },
+}
+
+impl fmt::Display for Lint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Lint::PlainHttp => write!(
+                f,
+                "the URL uses plain http: use https if the partner's server supports it"
+            ),
+            Lint::LongUrl { typical_len, limit } => write!(
+                f,
+                "the URL is about {typical_len} bytes with typical values, over {limit}: some servers cut long URLs; drop unused parameters"
+            ),
+            Lint::ForeignDialect {
+                token,
+                dialect,
+                name,
+                at,
+            } => {
+                let (o, c) = Dialect::Brace.delimiters();
+                write!(
+                    f,
+                    "`{token}` at byte {at} is written in the {dialect} dialect and would be sent literally: write it as `{o}{name}{c}`"
+                )
+            }
+            Lint::CurrencyMoved { from } => write!(
+                f,
+                "the currency parameter (written at position {from}) is sent first, so that symbols cannot break the postback"
+            ),
+            Lint::CurrencyNotFirst { position } => write!(
+                f,
+                "the currency parameter is at position {position}: place it first so that symbols cannot break the postback"
+            ),
+            Lint::DuplicateParam { key } => {
+                write!(
+                    f,
+                    "parameter `{key}` appears more than once: receivers read only one of them"
+                )
+            }
+            Lint::UnknownMacroKept { name, at } => write!(
+                f,
+                "`{name}` at byte {at} is not a known macro and will not be filled: check its spelling"
+            ),
+        }
+    }
+}
+
+/// Flag parameters whose literal names repeat.
+pub(crate) fn duplicate_params(params: &[Vec<Piece<'_>>], lints: &mut Vec<Lint>) {
+    let mut seen: Vec<&str> = Vec::new();
+    for p in params {
+        // Only a key written wholly as text can be compared.
+        let Some(Piece::Lit(first)) = p.first() else {
+            continue;
+        };
+        let key = match first.split_once('=') {
+            Some((k, _)) => k,
+            None if p.len() == 1 => first,
+            None => continue,
+        };
+        if key.is_empty() {
+            continue;
+        }
+        if seen.contains(&key) {
+            if !lints
+                .iter()
+                .any(|l| matches!(l, Lint::DuplicateParam { key: k } if k == key))
+            {
+                lints.push(Lint::DuplicateParam {
+                    key: key.to_owned(),
+                });
+            }
+        } else {
+            seen.push(key);
+        }
+    }
+}
+
+/// Realistic values for every macro: used for previews and for the long-URL lint.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SampleValues;
+
+impl MacroValues for SampleValues {
+    fn value(&self, m: Macro) -> Option<Value<'_>> {
+        const SUBS: [&str; 10] = [
+            "s1-9f8e7d6c5b4a",
+            "s2-campaign",
+            "s3-creative",
+            "s4",
+            "s5",
+            "s6",
+            "s7",
+            "s8",
+            "s9",
+            "s10",
+        ];
+        const ADVS: [&str; 10] = ["a1", "a2", "a3", "a4", "a5", "a6", "a7", "a8", "a9", "a10"];
+        let v = match m {
+            Macro::TRANSACTION_ID => Value::Text("4f3c2b1a0e9d8c7b6a5f4e3d2c1b0a99"),
+            Macro::PAYOUT | Macro::PAYOUT_AMOUNT => Value::Amount(Amount::new(1250, 2)),
+            Macro::REVENUE => Value::Amount(Amount::new(1500, 2)),
+            Macro::SALE_AMOUNT => Value::Amount(Amount::new(4999, 2)),
+            Macro::CURRENCY => Value::Currency(Currency::new("USD").ok()?),
+            Macro::AFFILIATE_ID => Value::Int(1024),
+            Macro::OFFER_ID => Value::Int(42),
+            Macro::SOURCE_ID => Value::Text("src-7"),
+            Macro::CONVERSION_ID => Value::Text("c0ffee00-1234-4abc-9def-0123456789ab"),
+            Macro::EVENT_ID => Value::Int(3),
+            Macro::EVENT_NAME => Value::Text("purchase"),
+            Macro::ORDER_ID => Value::Text("ORD-100234"),
+            Macro::TIMESTAMP | Macro::CLICK_TIMESTAMP => {
+                Value::Time(DateTime::from_timestamp(1_767_225_600, 0)?)
+            }
+            Macro::CONVERSION_STATUS => Value::Text("approved"),
+            Macro::COUPON_CODE => Value::Text("SAVE10"),
+            Macro::COUNTRY => Value::Text("US"),
+            Macro::DEVICE_TYPE => Value::Text("mobile"),
+            Macro::SESSION_IP => Value::Text("203.0.113.7"),
+            Macro::DELIVERY_ID => Value::Text("d-00000000000000000001"),
+            m => {
+                let n = m.id();
+                match n {
+                    10..=19 => Value::Text(SUBS[usize::from(n - 10)]),
+                    20..=29 => Value::Text(ADVS[usize::from(n - 20)]),
+                    _ => Value::Text("sample"),
+                }
+            }
+        };
+        Some(v)
+    }
+}
+
+/// Whether a query parameter name suggests a secret.
+fn is_secret_key(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    ["token", "key", "secret", "pass", "sig", "auth", "hash"]
+        .iter()
+        .any(|s| k.contains(s))
+}
+
+/// The URL with the values of secret-looking query parameters (`token`, `key`, `secret`, ...)
+/// replaced by `***`, for logs and debug info.
+pub fn redact_url(url: &str) -> String {
+    let Some((head, rest)) = url.split_once('?') else {
+        return url.to_owned();
+    };
+    let (query, fragment) = match rest.split_once('#') {
+        Some((q, f)) => (q, Some(f)),
+        None => (rest, None),
+    };
+    let mut out = String::with_capacity(url.len());
+    out.push_str(head);
+    out.push('?');
+    for (i, pair) in query.split('&').enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        match pair.split_once('=') {
+            Some((k, v)) if is_secret_key(k) && !v.is_empty() => {
+                out.push_str(k);
+                out.push_str("=***");
+            }
+            _ => out.push_str(pair),
+        }
+    }
+    if let Some(f) = fragment {
+        out.push('#');
+        out.push_str(f);
+    }
+    out
+}
+
+pub(crate) fn redact_query(s: &str) -> String {
+    redact_url(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_redacted() {
+        assert_eq!(
+            redact_url("https://x.com/a?cid=1&security_token=abc&api_key=z&k=v#f"),
+            "https://x.com/a?cid=1&security_token=***&api_key=***&k=v#f"
+        );
+        assert_eq!(redact_url("https://x.com/a"), "https://x.com/a");
+    }
+}

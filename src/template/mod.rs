@@ -1,0 +1,1051 @@
+//! Macro templates: parse a postback URL (or HTML/JS code) once into literal and macro segments,
+//! then expand it many times, every value encoded for the position it lands in.
+//!
+//! ```
+//! use postback::template::{Amount, Currency, Macro, Template, ValueMap};
+//!
+//! let t = Template::parse("https://tracker.example/pb?cid={sub1}&payout={payout}&cur={currency}")?;
+//! let values = ValueMap::new()
+//!     .with(Macro::SUB1, "abc&payout=999")
+//!     .with(Macro::PAYOUT, Amount::new(1250, 2))
+//!     .with(Macro::CURRENCY, Currency::new("EUR")?);
+//! // The currency parameter moved to the front; the `&` in the click id cannot add a parameter.
+//! assert_eq!(
+//!     t.expand(&values)?,
+//!     "https://tracker.example/pb?cur=EUR&cid=abc%26payout%3D999&payout=12.50"
+//! );
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod catalog;
+mod encode;
+mod lint;
+mod money;
+mod syntax;
+mod values;
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+pub use catalog::{Catalog, CatalogError, Macro};
+pub use lint::{Lint, SampleValues};
+pub use money::{Amount, AmountError, Currency, CurrencyError};
+pub use syntax::{Dialect, UnknownDialect};
+pub use values::{Encoded, MacroValues, NotEncoded, OwnedValue, UnknownName, Value, ValueMap};
+
+use encode::Position;
+use syntax::Token;
+
+/// The longest template accepted, in bytes. An HTTP request target tops out near 64 KiB, and a
+/// template must leave room for its values.
+pub const MAX_TEMPLATE_LEN: usize = 32 * 1024;
+
+/// What a template is: a URL (server-to-server postbacks and image/iframe pixels) or HTML/JS code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Context {
+    /// An absolute http(s) URL; values are percent-encoded for their part of the URL.
+    #[default]
+    Url,
+    /// HTML or JavaScript code; values are encoded down to unreserved characters, which are safe
+    /// in text, attributes, script strings and URLs alike.
+    Html,
+}
+
+/// What to do with a macro the catalogue does not know, at parse time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum UnknownMacroPolicy {
+    /// Refuse the template, naming the macro and the nearest known name (default).
+    #[default]
+    Refuse,
+    /// Expand it to nothing.
+    Empty,
+    /// Keep the token as literal text (percent-encoded where a URL requires it).
+    KeepLiteral,
+}
+
+/// What to do when a macro has no value, or an empty one, at expansion time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum EmptyPolicy {
+    /// Send the parameter with an empty value (`sub2=`), as the networks do (default).
+    #[default]
+    SendEmpty,
+    /// Refuse to expand.
+    Refuse,
+}
+
+/// How a template is parsed and expanded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct Options {
+    /// How macros are written.
+    pub dialect: Dialect,
+    /// Unknown macros at parse time.
+    pub unknown: UnknownMacroPolicy,
+    /// Missing or empty values at expansion time.
+    pub empty: EmptyPolicy,
+    /// Move the parameter that carries `{currency}` to the front of the query (default `true`).
+    pub currency_first: bool,
+    /// Refuse to expand when every click-id macro of the template is empty (default `true`):
+    /// without a click id the partner cannot credit the conversion.
+    pub require_click_id: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            dialect: Dialect::Brace,
+            unknown: UnknownMacroPolicy::Refuse,
+            empty: EmptyPolicy::SendEmpty,
+            currency_first: true,
+            require_click_id: true,
+        }
+    }
+}
+
+impl Options {
+    /// Set the dialect.
+    #[must_use]
+    pub fn dialect(mut self, d: Dialect) -> Self {
+        self.dialect = d;
+        self
+    }
+    /// Set the unknown-macro policy.
+    #[must_use]
+    pub fn unknown(mut self, p: UnknownMacroPolicy) -> Self {
+        self.unknown = p;
+        self
+    }
+    /// Set the empty-value policy.
+    #[must_use]
+    pub fn empty(mut self, p: EmptyPolicy) -> Self {
+        self.empty = p;
+        self
+    }
+    /// Keep the currency parameter where it was written instead of moving it first.
+    #[must_use]
+    pub fn keep_param_order(mut self) -> Self {
+        self.currency_first = false;
+        self
+    }
+    /// Allow expansion with every click-id macro empty.
+    #[must_use]
+    pub fn allow_empty_click_id(mut self) -> Self {
+        self.require_click_id = false;
+        self
+    }
+}
+
+/// A template that cannot be used. Each message says how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TemplateError {
+    /// Nothing but white space.
+    #[error("the template is empty: enter the partner's postback URL")]
+    Empty,
+    /// Over [`MAX_TEMPLATE_LEN`].
+    #[error("the template is {len} bytes; the limit is {max}: shorten it")]
+    TooLong {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A macro opened and never closed.
+    #[error("the macro opened at byte {at} is never closed: add `{close}` after its name")]
+    Unclosed {
+        /// Byte offset of the opening delimiter.
+        at: usize,
+        /// The closing delimiter expected.
+        close: &'static str,
+    },
+    /// A macro the catalogue does not know.
+    #[error("unknown macro `{name}` at byte {at}{}", hint(suggestion))]
+    UnknownMacro {
+        /// The name as written.
+        name: String,
+        /// Byte offset of the token.
+        at: usize,
+        /// The nearest known name.
+        suggestion: Option<String>,
+    },
+    /// Not an absolute URL.
+    #[error("the postback URL must be absolute: start it with https:// or http://")]
+    NotAbsolute,
+    /// A scheme other than http or https.
+    #[error("the postback URL uses `{0}`: only http and https postbacks can be sent")]
+    Scheme(String),
+    /// A macro in the scheme, host or port.
+    #[error(
+        "macro `{name}` at byte {at} is in the scheme, host or port: write the host literally (macros belong in the path or query) so the network can check where postbacks go"
+    )]
+    MacroInAuthority {
+        /// The macro.
+        name: String,
+        /// Byte offset.
+        at: usize,
+    },
+    /// Credentials in the URL.
+    #[error(
+        "the postback URL carries a user name or password: remove it; credentials in URLs end up in logs"
+    )]
+    UserInfo,
+    /// The URL does not parse.
+    #[error("the postback URL is not valid ({0}): check the host and port")]
+    InvalidUrl(String),
+    /// Converting to another dialect would change the meaning.
+    #[error(
+        "the template's literal text contains `{0}` delimiters, which would read as macros: keep the current dialect"
+    )]
+    DialectConflict(Dialect),
+}
+
+fn hint(s: &Option<String>) -> String {
+    match s {
+        Some(s) => format!(": did you mean `{s}`? (macro names are case-sensitive)"),
+        None => ": register it in the catalogue, or choose a known macro".to_owned(),
+    }
+}
+
+/// A value that cannot be expanded. The template is fine; the trigger's values are not.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ExpandError {
+    /// A macro without a value under [`EmptyPolicy::Refuse`].
+    #[error("macro `{0}` has no value, and this template refuses empty values: supply it")]
+    Missing(String),
+    /// Every click-id macro is empty.
+    #[error(
+        "no click id: every click-id macro of this postback ({0}) is empty, so the partner could not credit the conversion; pass the partner's click id"
+    )]
+    NoClickId(String),
+    /// A currency that is not an ISO 4217 code.
+    #[error(transparent)]
+    Currency(#[from] CurrencyError),
+    /// A money macro given text that is not a plain decimal.
+    #[error(
+        "macro `{name}` needs an amount such as 12.50 but got `{value}`: pass an Amount, or text with `.` as the decimal mark and no grouping"
+    )]
+    NotAnAmount {
+        /// The macro.
+        name: String,
+        /// The value given.
+        value: String,
+    },
+    /// A value of the wrong kind for its macro.
+    #[error("macro `{name}` needs {expected}")]
+    WrongKind {
+        /// The macro.
+        name: String,
+        /// What it needs.
+        expected: &'static str,
+    },
+    /// `.` or `..` as a whole path segment would change the path.
+    #[error(
+        "macro `{0}` fills a whole path segment and its value is `.` or `..`, which would change the path: send another value"
+    )]
+    DotSegment(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Seg {
+    /// End of the literal text before this macro, in `lits`.
+    lit_end: u32,
+    mac: Macro,
+    pos: Position,
+    flags: u8,
+}
+
+const WHOLE_SEGMENT: u8 = 1;
+const CLICK_ID: u8 = 2;
+
+/// Which HTML element a pixel postback is rendered as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Pixel {
+    /// `<img>`.
+    Image,
+    /// `<iframe>`.
+    Iframe,
+}
+
+/// A parsed template: literal and macro segments, ready to expand.
+///
+/// Parse once when the postback is configured; expand for every trigger. Expansion touches each
+/// byte once and allocates nothing when given a buffer with room ([`Template::expand_into`]).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Template {
+    source: Box<str>,
+    context: Context,
+    options: Options,
+    lits: Box<str>,
+    segs: Box<[Seg]>,
+    custom: Box<[(Box<str>, Macro)]>,
+    lints: Box<[Lint]>,
+}
+
+impl fmt::Debug for Template {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The source may carry partner tokens in literal form; show its shape, not its secrets.
+        f.debug_struct("Template")
+            .field("source", &lint::redact_query(&self.source))
+            .field("context", &self.context)
+            .field("macros", &self.segs.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Display for Template {
+    /// The template as written (trimmed).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.source)
+    }
+}
+
+/// A piece of a URL being assembled.
+#[derive(Debug, Clone)]
+enum Piece<'a> {
+    Lit(&'a str),
+    Mac { mac: Macro },
+}
+
+/// A macro resolved against the catalogue, or text.
+enum Item<'a> {
+    Lit(&'a str),
+    Mac { mac: Macro, at: usize },
+}
+
+impl Template {
+    /// Parse a URL template in the `{x}` dialect against the standard catalogue.
+    pub fn parse(src: &str) -> Result<Template, TemplateError> {
+        Template::compile(src, Context::Url, &Catalog::standard(), Options::default())
+    }
+
+    /// Parse HTML/JS code in the `{x}` dialect against the standard catalogue.
+    pub fn parse_html(src: &str) -> Result<Template, TemplateError> {
+        Template::compile(src, Context::Html, &Catalog::standard(), Options::default())
+    }
+
+    /// Parse with every choice explicit.
+    pub fn compile(
+        src: &str,
+        context: Context,
+        catalog: &Catalog,
+        options: Options,
+    ) -> Result<Template, TemplateError> {
+        let src = src.trim();
+        if src.is_empty() {
+            return Err(TemplateError::Empty);
+        }
+        if src.len() > MAX_TEMPLATE_LEN {
+            return Err(TemplateError::TooLong {
+                len: src.len(),
+                max: MAX_TEMPLATE_LEN,
+            });
+        }
+        let dialect = options.dialect;
+        let tokens = syntax::tokenize(src, dialect).map_err(|u| TemplateError::Unclosed {
+            at: u.at,
+            close: dialect.delimiters().1,
+        })?;
+
+        let mut lints = Vec::new();
+        let mut custom: Vec<(Box<str>, Macro)> = Vec::new();
+        let mut items = Vec::with_capacity(tokens.len());
+        let known = |n: &str| catalog.lookup(n).is_some();
+        for t in tokens {
+            match t {
+                Token::Lit(s) => {
+                    let offset = s.as_ptr() as usize - src.as_ptr() as usize;
+                    for f in syntax::foreign_tokens(s, offset, dialect, &known) {
+                        lints.push(Lint::ForeignDialect {
+                            token: f.token,
+                            dialect: f.dialect,
+                            at: f.at,
+                            name: f.name,
+                        });
+                    }
+                    items.push(Item::Lit(s));
+                }
+                Token::Macro { name, raw, at } => {
+                    let canonical = dialect.canonical_name(name);
+                    match catalog.lookup(&canonical) {
+                        Some(mac) => {
+                            if !mac.is_builtin() && !custom.iter().any(|(_, m)| *m == mac) {
+                                custom.push((canonical.as_ref().into(), mac));
+                            }
+                            items.push(Item::Mac { mac, at });
+                        }
+                        None => match options.unknown {
+                            UnknownMacroPolicy::Refuse => {
+                                return Err(TemplateError::UnknownMacro {
+                                    name: name.to_owned(),
+                                    at,
+                                    suggestion: catalog.suggest(&canonical),
+                                });
+                            }
+                            UnknownMacroPolicy::Empty => {
+                                lints.push(Lint::UnknownMacroKept {
+                                    name: name.to_owned(),
+                                    at,
+                                });
+                            }
+                            UnknownMacroPolicy::KeepLiteral => {
+                                lints.push(Lint::UnknownMacroKept {
+                                    name: name.to_owned(),
+                                    at,
+                                });
+                                items.push(Item::Lit(raw));
+                            }
+                        },
+                    }
+                }
+            }
+        }
+
+        let mut t = Template {
+            source: src.into(),
+            context,
+            options,
+            lits: Box::default(),
+            segs: Box::default(),
+            custom: custom.into_boxed_slice(),
+            lints: Box::default(),
+        };
+        let name_of = |m: Macro| t.name_in(m, catalog).into_owned();
+        let (lits, segs) = match context {
+            Context::Url => compile_url(&items, catalog, options, &mut lints, &name_of)?,
+            Context::Html => compile_html(&items, catalog),
+        };
+        t.lits = lits.into_boxed_str();
+        t.segs = segs.into_boxed_slice();
+        if context == Context::Url {
+            t.check_sample_url()?;
+            if t.source.starts_with("http://") {
+                lints.push(Lint::PlainHttp);
+            }
+            let mut sample = String::new();
+            if t.expand_into(&mut sample, &SampleValues).is_ok() && sample.len() > lint::LONG_URL {
+                lints.push(Lint::LongUrl {
+                    typical_len: sample.len(),
+                    limit: lint::LONG_URL,
+                });
+            }
+        }
+        t.lints = lints.into_boxed_slice();
+        Ok(t)
+    }
+
+    /// Expand with every macro set to `x`: the URL must parse with `url` and as an `http::Uri`,
+    /// so that no real expansion can fail to become a request.
+    fn check_sample_url(&self) -> Result<(), TemplateError> {
+        let mut s = String::with_capacity(self.lits.len() + self.segs.len());
+        let mut start = 0;
+        for seg in self.segs.iter() {
+            s.push_str(&self.lits[start..seg.lit_end as usize]);
+            start = seg.lit_end as usize;
+            s.push('x');
+        }
+        s.push_str(&self.lits[start..]);
+        url::Url::parse(&s).map_err(|e| TemplateError::InvalidUrl(e.to_string()))?;
+        http::Uri::try_from(s.as_str()).map_err(|e| TemplateError::InvalidUrl(e.to_string()))?;
+        Ok(())
+    }
+
+    fn name_in<'c>(&'c self, m: Macro, catalog: &'c Catalog) -> Cow<'c, str> {
+        match catalog.name(m) {
+            Some(n) => Cow::Borrowed(n),
+            None => Cow::Owned(self.macro_name(m)),
+        }
+    }
+
+    /// The name of a macro as this template knows it.
+    pub fn macro_name(&self, m: Macro) -> String {
+        if let Some(n) = m.builtin_name() {
+            return n.to_owned();
+        }
+        match self.custom.iter().find(|(_, c)| *c == m) {
+            Some((n, _)) => n.to_string(),
+            None => format!("#{}", m.id()),
+        }
+    }
+
+    /// The template as written, trimmed.
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+
+    /// URL or HTML code.
+    pub fn context(&self) -> Context {
+        self.context
+    }
+
+    /// The options it was parsed with.
+    pub fn options(&self) -> Options {
+        self.options
+    }
+
+    /// Warnings found at parse time: show them on a "test your postback" screen.
+    pub fn lints(&self) -> &[Lint] {
+        &self.lints
+    }
+
+    /// The macros used, in expansion order (repeats included).
+    pub fn macros(&self) -> impl Iterator<Item = Macro> + '_ {
+        self.segs.iter().map(|s| s.mac)
+    }
+
+    /// Whether any macro of the template carries a click id (per the catalogue it was parsed
+    /// with).
+    pub fn has_click_id(&self) -> bool {
+        self.segs.iter().any(|s| s.flags & CLICK_ID != 0)
+    }
+
+    /// The scheme is plain `http`.
+    pub fn is_plain_http(&self) -> bool {
+        self.context == Context::Url && self.lits.starts_with("http://")
+    }
+
+    /// Expand into a new string.
+    pub fn expand<V: MacroValues + ?Sized>(&self, values: &V) -> Result<String, ExpandError> {
+        let mut out = String::with_capacity(self.lits.len() + 16 * self.segs.len());
+        self.expand_into(&mut out, values)?;
+        Ok(out)
+    }
+
+    /// Expand by appending to `out`. On error `out` is left as it was.
+    pub fn expand_into<V: MacroValues + ?Sized>(
+        &self,
+        out: &mut String,
+        values: &V,
+    ) -> Result<(), ExpandError> {
+        let mark = out.len();
+        let r = self.expand_unchecked(out, values);
+        if r.is_err() {
+            out.truncate(mark);
+        }
+        r
+    }
+
+    fn expand_unchecked<V: MacroValues + ?Sized>(
+        &self,
+        out: &mut String,
+        values: &V,
+    ) -> Result<(), ExpandError> {
+        let lits = &*self.lits;
+        let mut start = 0;
+        let mut click_id = ClickIdCheck::Absent;
+        for seg in self.segs.iter() {
+            let end = seg.lit_end as usize;
+            out.push_str(&lits[start..end]);
+            start = end;
+            let before = out.len();
+            if let Some(v) = values.value(seg.mac) {
+                self.write_value(out, v, seg)?;
+            }
+            let empty = out.len() == before;
+            if empty && self.options.empty == EmptyPolicy::Refuse {
+                return Err(ExpandError::Missing(self.macro_name(seg.mac)));
+            }
+            if seg.flags & CLICK_ID != 0 && click_id != ClickIdCheck::Filled {
+                click_id = if empty {
+                    ClickIdCheck::Empty
+                } else {
+                    ClickIdCheck::Filled
+                };
+            }
+        }
+        out.push_str(&lits[start..]);
+        if click_id == ClickIdCheck::Empty && self.options.require_click_id {
+            let names: Vec<String> = self
+                .segs
+                .iter()
+                .filter(|s| s.flags & CLICK_ID != 0)
+                .map(|s| self.macro_name(s.mac))
+                .collect();
+            return Err(ExpandError::NoClickId(names.join(", ")));
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn write_value(&self, out: &mut String, v: Value<'_>, seg: &Seg) -> Result<(), ExpandError> {
+        let m = seg.mac;
+        if m == Macro::CURRENCY {
+            let c = match v {
+                Value::Currency(c) => c,
+                Value::Text(s) if s.is_empty() => return Ok(()),
+                Value::Text(s) => Currency::new(s)?,
+                Value::Encoded(e) => Currency::new(e.as_str())?,
+                _ => {
+                    return Err(ExpandError::WrongKind {
+                        name: self.macro_name(m),
+                        expected: "an ISO 4217 currency code such as USD",
+                    });
+                }
+            };
+            out.push_str(c.as_str());
+            return Ok(());
+        }
+        if m.is_money() {
+            match v {
+                Value::Amount(a) => a.write_to(out),
+                Value::Int(n) => Amount::new(n, 0).write_to(out),
+                Value::Text(s) | Value::Encoded(Encoded(s)) => {
+                    if !s.is_empty() {
+                        s.parse::<Amount>().map_err(|_| ExpandError::NotAnAmount {
+                            name: self.macro_name(m),
+                            value: s.to_owned(),
+                        })?;
+                        out.push_str(s);
+                    }
+                }
+                _ => {
+                    return Err(ExpandError::WrongKind {
+                        name: self.macro_name(m),
+                        expected: "an amount such as 12.50",
+                    });
+                }
+            }
+            return Ok(());
+        }
+        match v {
+            Value::Text(s) => {
+                if seg.flags & WHOLE_SEGMENT != 0 && matches!(s, "." | "..") {
+                    return Err(ExpandError::DotSegment(self.macro_name(m)));
+                }
+                encode::encode_into(out, s, seg.pos);
+            }
+            Value::Encoded(e) => {
+                if seg.flags & WHOLE_SEGMENT != 0 && matches!(e.as_str(), "." | "..") {
+                    return Err(ExpandError::DotSegment(self.macro_name(m)));
+                }
+                out.push_str(e.as_str());
+            }
+            Value::Int(n) => Amount::new(n, 0).write_to(out),
+            Value::Amount(a) => a.write_to(out),
+            Value::Currency(c) => out.push_str(c.as_str()),
+            Value::Time(t) => Amount::new(t.timestamp(), 0).write_to(out),
+        }
+        Ok(())
+    }
+
+    /// Expand a URL template as an HTML pixel: the URL, attribute-escaped, inside an `<img>` or
+    /// `<iframe>` that no value can close.
+    pub fn render_pixel<V: MacroValues + ?Sized>(
+        &self,
+        pixel: Pixel,
+        values: &V,
+    ) -> Result<String, ExpandError> {
+        let url = self.expand(values)?;
+        let mut out = String::with_capacity(url.len() + 96);
+        match pixel {
+            Pixel::Image => {
+                out.push_str("<img src=\"");
+                encode::html_attr_escape(&mut out, &url);
+                out.push_str("\" width=\"1\" height=\"1\" alt=\"\" style=\"display:none\">");
+            }
+            Pixel::Iframe => {
+                out.push_str("<iframe src=\"");
+                encode::html_attr_escape(&mut out, &url);
+                out.push_str(
+                    "\" width=\"1\" height=\"1\" frameborder=\"0\" scrolling=\"no\" style=\"display:none\"></iframe>",
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    /// Expand with sample values ([`SampleValues`]), for a preview screen.
+    pub fn preview(&self) -> Result<String, ExpandError> {
+        self.expand(&SampleValues)
+    }
+
+    /// The same template written in another dialect. Refused if the literal text would read as
+    /// macros in the new dialect (say, a `#fragment` in the hash dialect).
+    pub fn to_dialect(&self, to: Dialect) -> Result<String, TemplateError> {
+        let from = self.options.dialect;
+        let tokens = syntax::tokenize(&self.source, from).map_err(|u| TemplateError::Unclosed {
+            at: u.at,
+            close: from.delimiters().1,
+        })?;
+        let catalog = self.catalog();
+        let mut out = String::with_capacity(self.source.len() + 8);
+        for t in tokens {
+            match t {
+                Token::Lit(s) => out.push_str(s),
+                Token::Macro { name, raw, .. } => {
+                    let canonical = from.canonical_name(name);
+                    if catalog.lookup(&canonical).is_some() {
+                        to.write_token(&canonical, &mut out);
+                    } else {
+                        out.push_str(raw);
+                    }
+                }
+            }
+        }
+        let again = Template::compile(&out, self.context, &catalog, self.options.dialect(to))
+            .map_err(|_| TemplateError::DialectConflict(to))?;
+        if again.lits != self.lits || again.segs != self.segs {
+            return Err(TemplateError::DialectConflict(to));
+        }
+        Ok(out)
+    }
+
+    /// A catalogue that binds this template's macros exactly as it was parsed.
+    pub(crate) fn catalog(&self) -> Catalog {
+        let mut c = Catalog::standard();
+        for (name, m) in self.custom.iter() {
+            c.register_at(name, *m);
+        }
+        let click: Vec<Macro> = self
+            .segs
+            .iter()
+            .filter(|s| s.flags & CLICK_ID != 0)
+            .map(|s| s.mac)
+            .collect();
+        if !click.is_empty() {
+            c.set_click_id_macros(click);
+        }
+        c
+    }
+
+    /// Bytes held on the heap by this template (for capacity planning).
+    pub fn heap_bytes(&self) -> usize {
+        self.source.len()
+            + self.lits.len()
+            + self.segs.len() * std::mem::size_of::<Seg>()
+            + self.custom.iter().map(|(n, _)| n.len() + 24).sum::<usize>()
+            + self.lints.len() * std::mem::size_of::<Lint>()
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ClickIdCheck {
+    Absent,
+    Empty,
+    Filled,
+}
+
+/// Assemble a URL template: normalized authority, then path, query (currency first) and
+/// fragment, with literal text made sendable.
+fn compile_url(
+    items: &[Item<'_>],
+    catalog: &Catalog,
+    options: Options,
+    lints: &mut Vec<Lint>,
+    name_of: &dyn Fn(Macro) -> String,
+) -> Result<(String, Vec<Seg>), TemplateError> {
+    // The authority must be literal: it is the first item, up to the first `/`, `?` or `#`
+    // after `://`.
+    let first = match items.first() {
+        Some(Item::Lit(s)) => *s,
+        Some(Item::Mac { mac, at }) => {
+            return Err(TemplateError::MacroInAuthority {
+                name: name_of(*mac),
+                at: *at,
+            });
+        }
+        None => return Err(TemplateError::Empty),
+    };
+    let Some(sep) = first.find("://") else {
+        return Err(match first.split_once(':') {
+            Some((scheme, _)) if !scheme.is_empty() && !scheme.contains(['/', '?', '.']) => {
+                TemplateError::Scheme(scheme.to_ascii_lowercase())
+            }
+            _ => TemplateError::NotAbsolute,
+        });
+    };
+    let auth_end = first[sep + 3..].find(['/', '?', '#']).map(|i| sep + 3 + i);
+    let auth_end = match (auth_end, items.get(1)) {
+        (Some(e), _) => e,
+        (None, Some(Item::Mac { mac, at })) => {
+            return Err(TemplateError::MacroInAuthority {
+                name: name_of(*mac),
+                at: *at,
+            });
+        }
+        (None, _) => first.len(),
+    };
+    let origin = normalize_origin(&first[..auth_end])?;
+
+    // Split the rest into path, query parameters and fragment.
+    #[derive(PartialEq)]
+    enum Part {
+        Path,
+        Query,
+        Fragment,
+    }
+    let mut part = Part::Path;
+    let mut path: Vec<Piece<'_>> = Vec::new();
+    let mut params: Vec<Vec<Piece<'_>>> = Vec::new();
+    let mut has_query = false;
+    let mut fragment: Option<Vec<Piece<'_>>> = None;
+    let rest =
+        std::iter::once(Item::Lit(&first[auth_end..])).chain(items[1..].iter().map(|i| match i {
+            Item::Lit(s) => Item::Lit(s),
+            Item::Mac { mac, at } => Item::Mac { mac: *mac, at: *at },
+        }));
+    for item in rest {
+        match item {
+            Item::Mac { mac, .. } => {
+                let p = Piece::Mac { mac };
+                match part {
+                    Part::Path => path.push(p),
+                    Part::Query => params.last_mut().expect("query has a parameter").push(p),
+                    Part::Fragment => fragment.as_mut().expect("fragment started").push(p),
+                }
+            }
+            Item::Lit(mut s) => {
+                while !s.is_empty() {
+                    let stop: &[char] = match part {
+                        Part::Path => &['?', '#'],
+                        Part::Query => &['&', '#'],
+                        Part::Fragment => &[],
+                    };
+                    let (head, delim) = match s.find(stop) {
+                        Some(i) => (&s[..i], Some(s.as_bytes()[i])),
+                        None => (s, None),
+                    };
+                    if !head.is_empty() {
+                        let p = Piece::Lit(head);
+                        match part {
+                            Part::Path => path.push(p),
+                            Part::Query => {
+                                params.last_mut().expect("query has a parameter").push(p)
+                            }
+                            Part::Fragment => fragment.as_mut().expect("fragment started").push(p),
+                        }
+                    }
+                    match delim {
+                        None => s = "",
+                        Some(d) => {
+                            s = &s[head.len() + 1..];
+                            match d {
+                                b'?' => {
+                                    part = Part::Query;
+                                    has_query = true;
+                                    params.push(Vec::new());
+                                }
+                                b'&' => params.push(Vec::new()),
+                                _ => {
+                                    part = Part::Fragment;
+                                    fragment = Some(Vec::new());
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    // Currency first.
+    let cur = params.iter().position(|p| {
+        p.iter().any(|x| {
+            matches!(
+                x,
+                Piece::Mac {
+                    mac: Macro::CURRENCY,
+                    ..
+                }
+            )
+        })
+    });
+    if let Some(i) = cur.filter(|&i| i > 0) {
+        if options.currency_first {
+            let p = params.remove(i);
+            params.insert(0, p);
+            lints.push(Lint::CurrencyMoved { from: i + 1 });
+        } else {
+            lints.push(Lint::CurrencyNotFirst { position: i + 1 });
+        }
+    }
+    lint::duplicate_params(&params, lints);
+
+    // Assemble.
+    let mut b = Builder {
+        lits: String::with_capacity(items.len() * 16),
+        segs: Vec::new(),
+        catalog,
+    };
+    b.lits.push_str(&origin);
+    if !path
+        .first()
+        .is_some_and(|p| matches!(p, Piece::Lit(s) if s.starts_with('/')))
+    {
+        b.lits.push('/');
+    }
+    for (k, p) in path.iter().enumerate() {
+        match p {
+            Piece::Lit(s) => encode::normalize_literal(&mut b.lits, s),
+            Piece::Mac { mac, .. } => {
+                let before_slash = b.lits.ends_with('/');
+                let after_slash = match path.get(k + 1) {
+                    None => true,
+                    Some(Piece::Lit(s)) => s.starts_with('/'),
+                    Some(Piece::Mac { .. }) => false,
+                };
+                let whole = if before_slash && after_slash {
+                    WHOLE_SEGMENT
+                } else {
+                    0
+                };
+                b.mac(*mac, Position::PathSegment, whole);
+            }
+        }
+    }
+    if has_query {
+        b.lits.push('?');
+        for (k, param) in params.iter().enumerate() {
+            if k > 0 {
+                b.lits.push('&');
+            }
+            b.pieces(param);
+        }
+    }
+    if let Some(f) = &fragment {
+        b.lits.push('#');
+        b.pieces(f);
+    }
+    Ok((b.lits, b.segs))
+}
+
+/// `scheme://host[:port]`, lower-cased, IDN hosts in punycode, default ports dropped.
+fn normalize_origin(prefix: &str) -> Result<String, TemplateError> {
+    let u = url::Url::parse(prefix).map_err(|e| match e {
+        url::ParseError::RelativeUrlWithoutBase => TemplateError::NotAbsolute,
+        e => TemplateError::InvalidUrl(e.to_string()),
+    })?;
+    match u.scheme() {
+        "http" | "https" => {}
+        other => return Err(TemplateError::Scheme(other.to_owned())),
+    }
+    if !u.username().is_empty() || u.password().is_some() {
+        return Err(TemplateError::UserInfo);
+    }
+    let host = u
+        .host_str()
+        .filter(|h| !h.is_empty())
+        .ok_or(TemplateError::NotAbsolute)?;
+    Ok(match u.port() {
+        Some(p) => format!("{}://{}:{}", u.scheme(), host, p),
+        None => format!("{}://{}", u.scheme(), host),
+    })
+}
+
+struct Builder<'c> {
+    lits: String,
+    segs: Vec<Seg>,
+    catalog: &'c Catalog,
+}
+
+impl Builder<'_> {
+    fn mac(&mut self, mac: Macro, pos: Position, flags: u8) {
+        let click = if self.catalog.is_click_id(mac) {
+            CLICK_ID
+        } else {
+            0
+        };
+        self.segs.push(Seg {
+            lit_end: self.lits.len() as u32,
+            mac,
+            pos,
+            flags: flags | click,
+        });
+    }
+
+    fn pieces(&mut self, pieces: &[Piece<'_>]) {
+        for p in pieces {
+            match p {
+                Piece::Lit(s) => encode::normalize_literal(&mut self.lits, s),
+                Piece::Mac { mac, .. } => self.mac(*mac, Position::Component, 0),
+            }
+        }
+    }
+}
+
+fn compile_html(items: &[Item<'_>], catalog: &Catalog) -> (String, Vec<Seg>) {
+    let mut b = Builder {
+        lits: String::new(),
+        segs: Vec::new(),
+        catalog,
+    };
+    for item in items {
+        match item {
+            Item::Lit(s) => b.lits.push_str(s),
+            Item::Mac { mac, .. } => b.mac(*mac, Position::Strict, 0),
+        }
+    }
+    (b.lits, b.segs)
+}
+
+/// The serialized form: the source and how to parse it. Deserializing parses again, so stored
+/// templates are validated exactly like new ones.
+#[derive(Serialize, Deserialize)]
+struct TemplateSpec {
+    source: String,
+    #[serde(default)]
+    context: Context,
+    #[serde(default)]
+    options: Options,
+    /// Custom macros used, with the ids they were bound to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    custom_macros: Vec<(String, Macro)>,
+    /// The macros of this template that count as click ids; absent means the standard set.
+    #[serde(default)]
+    click_id_macros: Option<Vec<Macro>>,
+}
+
+impl Serialize for Template {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut click: Vec<Macro> = self
+            .segs
+            .iter()
+            .filter(|x| x.flags & CLICK_ID != 0)
+            .map(|x| x.mac)
+            .collect();
+        click.sort_unstable();
+        click.dedup();
+        TemplateSpec {
+            source: self.source.to_string(),
+            context: self.context,
+            options: self.options,
+            custom_macros: self
+                .custom
+                .iter()
+                .map(|(n, m)| (n.to_string(), *m))
+                .collect(),
+            click_id_macros: Some(click),
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Template {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let spec = TemplateSpec::deserialize(d)?;
+        let mut catalog = Catalog::standard();
+        for (name, m) in &spec.custom_macros {
+            if m.is_builtin() || catalog.lookup(name).is_some() {
+                return Err(serde::de::Error::custom(format!(
+                    "custom macro `{name}` clashes"
+                )));
+            }
+            catalog.register_at(name, *m);
+        }
+        if let Some(click) = spec.click_id_macros {
+            catalog.set_click_id_macros(click);
+        }
+        Template::compile(&spec.source, spec.context, &catalog, spec.options)
+            .map_err(serde::de::Error::custom)
+    }
+}

@@ -1,0 +1,265 @@
+//! Money as partners' servers read it: ISO 4217 codes and locale-free decimal amounts.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// An ISO 4217 currency code: three ASCII capital letters such as `USD`.
+///
+/// Symbols (`€`, `$`) are refused: receivers parse codes, and symbols are what broke postbacks in
+/// the field.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Currency([u8; 3]);
+
+/// A currency that is not an ISO 4217 code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "currency `{0}` is not an ISO 4217 code: send three capital letters such as USD or EUR, never a symbol"
+)]
+pub struct CurrencyError(pub String);
+
+impl Currency {
+    /// Parse a code; lower case is refused too, so that what is sent is exactly what was meant.
+    pub fn new(code: &str) -> Result<Currency, CurrencyError> {
+        match code.as_bytes() {
+            [a, b, c] if [a, b, c].iter().all(|x| x.is_ascii_uppercase()) => {
+                Ok(Currency([*a, *b, *c]))
+            }
+            _ => Err(CurrencyError(code.to_owned())),
+        }
+    }
+
+    /// The code as text.
+    pub fn as_str(&self) -> &str {
+        // Only ASCII capitals are ever stored.
+        std::str::from_utf8(&self.0).unwrap_or("XXX")
+    }
+}
+
+impl FromStr for Currency {
+    type Err = CurrencyError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Currency::new(s)
+    }
+}
+
+impl fmt::Display for Currency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for Currency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Currency({})", self.as_str())
+    }
+}
+
+impl Serialize for Currency {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Currency {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Currency::new(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A decimal amount: `units / 10^scale`, written with `.` as the decimal mark, no grouping and no
+/// exponent, whatever the locale (`12.50`, `0.12345`, `-3`).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Amount {
+    units: i64,
+    scale: u8,
+}
+
+/// An amount that cannot be represented.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AmountError {
+    /// Not a plain decimal number.
+    #[error(
+        "amount `{0}` is not a plain decimal: write digits with an optional `.` and fraction, such as 12.50 (no grouping, no comma, no exponent)"
+    )]
+    Syntax(String),
+    /// Too many digits.
+    #[error("amount `{0}` has too many digits: at most 18 digits and 12 decimals are kept")]
+    Overflow(String),
+    /// NaN or infinite.
+    #[error("amount is not finite: pass a real number")]
+    NotFinite,
+}
+
+/// Decimals kept at most; more than any payout needs, within i64.
+const MAX_SCALE: u8 = 12;
+
+impl Amount {
+    /// `units / 10^scale`: `Amount::new(1250, 2)` is `12.50`. A scale over 12 is clamped by
+    /// dropping the extra digits toward zero.
+    pub const fn new(units: i64, scale: u8) -> Amount {
+        let mut a = Amount { units, scale };
+        while a.scale > MAX_SCALE {
+            a.units /= 10;
+            a.scale -= 1;
+        }
+        a
+    }
+
+    /// Round a float to `scale` decimals (half away from zero).
+    pub fn from_f64(value: f64, scale: u8) -> Result<Amount, AmountError> {
+        if !value.is_finite() {
+            return Err(AmountError::NotFinite);
+        }
+        let scale = scale.min(MAX_SCALE);
+        let scaled = (value * 10f64.powi(i32::from(scale))).round();
+        if scaled.abs() >= 9.0e18 {
+            return Err(AmountError::Overflow(value.to_string()));
+        }
+        Ok(Amount {
+            units: scaled as i64,
+            scale,
+        })
+    }
+
+    /// The integer count of the smallest unit.
+    pub const fn units(&self) -> i64 {
+        self.units
+    }
+
+    /// The number of decimals.
+    pub const fn scale(&self) -> u8 {
+        self.scale
+    }
+
+    /// Write the amount into `out`, locale-free.
+    pub fn write_to(&self, out: &mut String) {
+        if self.units < 0 {
+            out.push('-');
+        }
+        let mut digits = [0u8; 20];
+        let mut n = self.units.unsigned_abs();
+        let mut len = 0;
+        loop {
+            digits[len] = b'0' + (n % 10) as u8;
+            n /= 10;
+            len += 1;
+            if n == 0 {
+                break;
+            }
+        }
+        let scale = usize::from(self.scale);
+        // Left-pad with zeros so that there is at least one digit before the decimal mark.
+        while len <= scale {
+            digits[len] = b'0';
+            len += 1;
+        }
+        // `digits` runs from the least significant digit: the mark goes before index scale - 1.
+        for i in (0..len).rev() {
+            out.push(char::from(digits[i]));
+            if i == scale && scale > 0 {
+                out.push('.');
+            }
+        }
+    }
+}
+
+impl FromStr for Amount {
+    type Err = AmountError;
+
+    /// Parse `12.50`, `-3`, `0.12345`. Commas, grouping, exponents and signs other than a leading
+    /// `-` are refused rather than guessed.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let syntax = || AmountError::Syntax(s.to_owned());
+        let (neg, body) = match s.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, s),
+        };
+        let (int, frac) = match body.split_once('.') {
+            Some((i, f)) => (i, f),
+            None => (body, ""),
+        };
+        let digits_ok = |p: &str| p.bytes().all(|b| b.is_ascii_digit());
+        if int.is_empty()
+            || !digits_ok(int)
+            || !digits_ok(frac)
+            || (body.contains('.') && frac.is_empty())
+        {
+            return Err(syntax());
+        }
+        if frac.len() > usize::from(MAX_SCALE) || int.len() + frac.len() > 18 {
+            return Err(AmountError::Overflow(s.to_owned()));
+        }
+        let mut units: i64 = 0;
+        for b in int.bytes().chain(frac.bytes()) {
+            units = units * 10 + i64::from(b - b'0');
+        }
+        Ok(Amount {
+            units: if neg { -units } else { units },
+            scale: frac.len() as u8,
+        })
+    }
+}
+
+impl fmt::Display for Amount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut s = String::with_capacity(24);
+        self.write_to(&mut s);
+        f.write_str(&s)
+    }
+}
+
+impl fmt::Debug for Amount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Amount({self})")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amounts_format_locale_free() {
+        assert_eq!(Amount::new(1250, 2).to_string(), "12.50");
+        assert_eq!(Amount::new(12345, 5).to_string(), "0.12345");
+        assert_eq!(Amount::new(-5, 2).to_string(), "-0.05");
+        assert_eq!(Amount::new(3, 0).to_string(), "3");
+        assert_eq!(Amount::new(0, 2).to_string(), "0.00");
+        assert_eq!(Amount::new(123_456_789, 2).to_string(), "1234567.89");
+        assert_eq!(Amount::new(i64::MIN, 0).to_string(), "-9223372036854775808");
+    }
+
+    #[test]
+    fn amounts_parse_and_round_trip() {
+        for s in ["12.50", "0.12345", "-3", "0", "1234567.89"] {
+            assert_eq!(s.parse::<Amount>().unwrap().to_string(), s);
+        }
+        for bad in [
+            "12,50", "1,234.00", "1e5", "", ".5", "5.", "+1", "€5", "1 000",
+        ] {
+            assert!(bad.parse::<Amount>().is_err(), "{bad} should be refused");
+        }
+    }
+
+    #[test]
+    fn floats_round_to_the_scale() {
+        assert_eq!(Amount::from_f64(0.1 + 0.2, 2).unwrap().to_string(), "0.30");
+        assert_eq!(
+            Amount::from_f64(1e20, 0).unwrap_err(),
+            AmountError::Overflow("100000000000000000000".into())
+        );
+        assert_eq!(Amount::from_f64(f64::NAN, 2), Err(AmountError::NotFinite));
+    }
+
+    #[test]
+    fn currencies_are_codes_not_symbols() {
+        assert_eq!(Currency::new("EUR").unwrap().as_str(), "EUR");
+        for bad in ["€", "$", "eur", "EURO", "", "E1R"] {
+            assert!(Currency::new(bad).is_err(), "{bad} should be refused");
+        }
+    }
+}
