@@ -21,3 +21,8 @@ pub mod access;
 pub mod model;
 pub mod registry;
 pub mod template;
+
+// Keep the README's example compiling and true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
