@@ -26,3 +26,4 @@ pub mod template;
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
+pub mod presets;

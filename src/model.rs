@@ -284,6 +284,32 @@ impl Status {
     }
 }
 
+/// A check of the response body, for receivers that answer 200 when they reject a postback
+/// (TUNE answers `success=false; err_msg=...`). A failed check counts as a delivery failure.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "type", content = "text", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ResponseCheck {
+    /// The body must contain this text.
+    MustContain(String),
+    /// The body must not contain this text.
+    MustNotContain(String),
+}
+
+impl ResponseCheck {
+    /// Whether `body` passes.
+    pub fn accepts(&self, body: &[u8]) -> bool {
+        let contains = |needle: &str| {
+            let n = needle.as_bytes();
+            n.is_empty() || body.windows(n.len()).any(|w| w == n)
+        };
+        match self {
+            ResponseCheck::MustContain(t) => contains(t),
+            ResponseCheck::MustNotContain(t) => !contains(t),
+        }
+    }
+}
+
 /// The longest firing delay: five minutes, as Everflow allows.
 pub const MAX_DELAY: Duration = Duration::from_secs(300);
 
@@ -359,6 +385,7 @@ pub struct Postback {
     description: String,
     delay: Duration,
     template: Template,
+    response_check: Option<ResponseCheck>,
 }
 
 impl fmt::Debug for Postback {
@@ -397,6 +424,7 @@ impl Postback {
             options: self.template.options(),
             catalog: None,
             template: Some(self.template.clone()),
+            response_check: self.response_check.clone(),
         }
     }
 
@@ -448,6 +476,10 @@ impl Postback {
     pub fn template(&self) -> &Template {
         &self.template
     }
+    /// The check applied to response bodies, if any.
+    pub fn response_check(&self) -> Option<&ResponseCheck> {
+        self.response_check.as_ref()
+    }
     /// Bytes this postback holds on the heap (capacity planning).
     pub fn heap_bytes(&self) -> usize {
         self.description.len() + self.template.heap_bytes()
@@ -477,6 +509,7 @@ pub struct PostbackBuilder {
     catalog: Option<Catalog>,
     /// The already-parsed template, reused when the source and parsing inputs did not change.
     template: Option<Template>,
+    response_check: Option<ResponseCheck>,
 }
 
 impl fmt::Debug for PostbackBuilder {
@@ -508,6 +541,7 @@ impl PostbackBuilder {
             options: Options::default(),
             catalog: None,
             template: None,
+            response_check: None,
         }
     }
 
@@ -581,6 +615,12 @@ impl PostbackBuilder {
     pub fn catalog(mut self, c: Catalog) -> Self {
         self.catalog = Some(c);
         self.template = None;
+        self
+    }
+
+    /// Check response bodies (for receivers that answer 200 on rejection).
+    pub fn response_check(mut self, c: ResponseCheck) -> Self {
+        self.response_check = Some(c);
         self
     }
 
@@ -661,6 +701,7 @@ impl PostbackBuilder {
             description: self.description,
             delay: self.delay,
             template,
+            response_check: self.response_check,
         })
     }
 }
@@ -679,6 +720,8 @@ struct PostbackData {
     #[serde(default)]
     delay_ms: u64,
     template: Template,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    response_check: Option<ResponseCheck>,
 }
 
 impl From<Postback> for PostbackData {
@@ -692,6 +735,7 @@ impl From<Postback> for PostbackData {
             description: p.description,
             delay_ms: u64::try_from(p.delay.as_millis()).unwrap_or(u64::MAX),
             template: p.template,
+            response_check: p.response_check,
         }
     }
 }
@@ -711,6 +755,7 @@ impl TryFrom<PostbackData> for Postback {
         b.options = d.template.options();
         b.source = Some(d.template.as_str().to_owned());
         b.template = Some(d.template);
+        b.response_check = d.response_check;
         b.build()
     }
 }

@@ -30,7 +30,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 pub use catalog::{Catalog, CatalogError, Macro};
-pub use lint::{Lint, SampleValues};
+pub use lint::{Lint, SampleValues, redact_url};
+pub(crate) use encode::COMPONENT as COMPONENT_SET;
 pub use money::{Amount, AmountError, Currency, CurrencyError};
 pub use syntax::{Dialect, UnknownDialect};
 pub use values::{Encoded, MacroValues, NotEncoded, OwnedValue, UnknownName, Value, ValueMap};
