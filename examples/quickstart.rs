@@ -83,6 +83,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Pausing the specific postback lets the offer-global one serve.
     registry.disable(PostbackId::new(3))?;
-    println!("after pausing postback 3:\n{}", registry.resolve(&triggers[0]));
+    println!(
+        "after pausing postback 3:\n{}",
+        registry.resolve(&triggers[0])
+    );
     Ok(())
 }

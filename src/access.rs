@@ -115,7 +115,7 @@ pub enum AccessError {
     NetworkOnly(Operation),
     /// Another partner's postback.
     #[error(
-        "postback {postback} belongs to {owner}, not {actor}: only its owner or a network manager may {operation} it"
+        "postback {postback} belongs to {owner}, not partner {actor}: only its owner or a network manager may {operation} it"
     )]
     NotOwner {
         /// Who asked.

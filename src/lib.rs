@@ -18,12 +18,16 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod access;
+pub mod delivery;
+pub mod engine;
+pub mod presets;
 pub mod model;
+pub mod net;
 pub mod registry;
 pub mod template;
+pub mod transport;
 
 // Keep the README's example compiling and true.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
-pub mod presets;

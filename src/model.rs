@@ -331,10 +331,10 @@ pub enum ConfigError {
     #[error("a postback needs a partner, an offer, or both: set at least one")]
     MissingScope,
     /// The level needs a partner.
-    #[error("a {0} postback needs a partner: set the partner")]
+    #[error("a postback at the {0} level needs a partner: set the partner")]
     MissingPartner(Level),
     /// The level needs an offer.
-    #[error("a {0} postback needs an offer: set the offer")]
+    #[error("a postback at the {0} level needs an offer: set the offer")]
     MissingOffer(Level),
     /// A partner given for an offer-global postback.
     #[error(
@@ -360,15 +360,15 @@ pub enum ConfigError {
     )]
     MissingClickId(String),
     /// Delay over [`MAX_DELAY`].
-    #[error("a firing delay of {0:?} is too long: the limit is 5 minutes")]
+    #[error("a firing delay of {0:?} is too long: shorten it to 5 minutes or less")]
     DelayTooLong(Duration),
     /// A delay on a pixel.
     #[error(
-        "a firing delay applies only to server-to-server postbacks, not to a {0}: remove the delay"
+        "a firing delay applies only to server-to-server postbacks, not to {0} postbacks: remove the delay"
     )]
     DelayOnPixel(Method),
     /// Description over 1,000 characters.
-    #[error("the description is {0} characters; the limit is 1000")]
+    #[error("the description is {0} characters; the limit is 1000: shorten it")]
     DescriptionTooLong(usize),
 }
 

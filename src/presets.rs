@@ -113,7 +113,9 @@ impl Tracker {
             Tracker::BeMob => {
                 "https://DOMAIN/postback?cid=CLICK&payout={payout}&txid={conversion_id}&status={conversion_status}"
             }
-            Tracker::FunnelFluxPro => "https://DOMAIN/pb/?hit=CLICK&tx={conversion_id}&rev={payout}",
+            Tracker::FunnelFluxPro => {
+                "https://DOMAIN/pb/?hit=CLICK&tx={conversion_id}&rev={payout}"
+            }
             Tracker::PeerClick => {
                 "https://DOMAIN/postback?cid=CLICK&payout={payout}&txid={conversion_id}&currency={currency}&status={conversion_status}"
             }
@@ -168,7 +170,12 @@ impl Tracker {
         let key = match self.key_name() {
             Some(what) => match params.key.as_deref().filter(|k| !k.is_empty()) {
                 Some(k) => Some(utf8_percent_encode(k, crate::template::COMPONENT_SET).to_string()),
-                None => return Err(PresetError::MissingKey { tracker: self, what }),
+                None => {
+                    return Err(PresetError::MissingKey {
+                        tracker: self,
+                        what,
+                    });
+                }
             },
             None => None,
         };
@@ -177,16 +184,20 @@ impl Tracker {
                 Some(utf8_percent_encode(o, crate::template::COMPONENT_SET).to_string())
             }
             (Tracker::Tune, _) => {
-                return Err(PresetError::MissingKey { tracker: self, what: "offer id" });
+                return Err(PresetError::MissingKey {
+                    tracker: self,
+                    what: "offer id",
+                });
             }
             _ => None,
         };
         let catalog = Catalog::standard();
         let click = catalog.name(params.click_id).unwrap_or("sub1");
-        let mut url = self
-            .pattern()
-            .replacen("DOMAIN", domain, 1)
-            .replacen("CLICK", &format!("{{{click}}}"), 1);
+        let mut url = self.pattern().replacen("DOMAIN", domain, 1).replacen(
+            "CLICK",
+            &format!("{{{click}}}"),
+            1,
+        );
         if let Some(k) = &key {
             url = url.replacen("KEY", k, 1);
         }
@@ -195,7 +206,11 @@ impl Tracker {
         }
         // Build once now, so a bad domain or key is reported here and not at send time.
         Template::parse(&url)?;
-        Ok(Preset { tracker: self, url, response_check: self.response_check() })
+        Ok(Preset {
+            tracker: self,
+            url,
+            response_check: self.response_check(),
+        })
     }
 }
 
@@ -245,12 +260,22 @@ impl fmt::Debug for PresetParams {
 impl PresetParams {
     /// Parameters with a domain and the click id in `{sub1}`.
     pub fn new(domain: impl Into<String>) -> PresetParams {
-        PresetParams { domain: Some(domain.into()), key: None, offer: None, click_id: Macro::SUB1 }
+        PresetParams {
+            domain: Some(domain.into()),
+            key: None,
+            offer: None,
+            click_id: Macro::SUB1,
+        }
     }
 
     /// Parameters without a domain, for trackers that have a fixed one.
     pub fn default_domain() -> PresetParams {
-        PresetParams { domain: None, key: None, offer: None, click_id: Macro::SUB1 }
+        PresetParams {
+            domain: None,
+            key: None,
+            offer: None,
+            click_id: Macro::SUB1,
+        }
     }
 
     /// The key (Keitaro postback key, Everflow nid, TUNE security token).

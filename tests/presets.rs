@@ -60,7 +60,10 @@ fn binom_v2_preset_uses_the_click_path() {
 #[test]
 fn keitaro_preset_puts_the_key_in_the_path() {
     assert_eq!(
-        expand(Tracker::Keitaro, &PresetParams::new("k.example").key("a1b2c3")),
+        expand(
+            Tracker::Keitaro,
+            &PresetParams::new("k.example").key("a1b2c3")
+        ),
         "https://k.example/a1b2c3/postback?currency=EUR&subid=clk-1&payout=12.50&tid=cv-9&status=approved"
     );
 }
@@ -69,7 +72,10 @@ fn keitaro_preset_puts_the_key_in_the_path() {
 fn keitaro_preset_without_a_key_is_refused() {
     assert_eq!(
         Tracker::Keitaro.preset(&PresetParams::new("k.example")),
-        Err(PresetError::MissingKey { tracker: Tracker::Keitaro, what: "postback key" })
+        Err(PresetError::MissingKey {
+            tracker: Tracker::Keitaro,
+            what: "postback key"
+        })
     );
 }
 
@@ -124,27 +130,41 @@ fn adsbridge_preset_sends_tid_amt_txid() {
 #[test]
 fn everflow_preset_sends_nid_transaction_amount_and_order() {
     assert_eq!(
-        expand(Tracker::Everflow, &PresetParams::new("ef.example").key("77")),
+        expand(
+            Tracker::Everflow,
+            &PresetParams::new("ef.example").key("77")
+        ),
         "https://ef.example/?nid=77&transaction_id=clk-1&amount=49.99&order_id=cv-9"
     );
 }
 
 #[test]
 fn tune_preset_needs_offer_and_token_and_checks_the_body() {
-    let p = PresetParams::new("net.go2cloud.org").offer("12").key("s3cr&t");
+    let p = PresetParams::new("net.go2cloud.org")
+        .offer("12")
+        .key("s3cr&t");
     let preset = Tracker::Tune.preset(&p).unwrap();
     assert_eq!(
         preset.template().unwrap().expand(&Conversion).unwrap(),
         "https://net.go2cloud.org/aff_lsr?offer_id=12&transaction_id=clk-1&amount=49.99&security_token=s3cr%26t"
     );
     let check = preset.response_check().unwrap();
-    assert_eq!(check, &ResponseCheck::MustNotContain("success=false".into()));
+    assert_eq!(
+        check,
+        &ResponseCheck::MustNotContain("success=false".into())
+    );
     assert!(!check.accepts(b"success=false; err_msg=Invalid transaction"));
     assert!(check.accepts(b"success=true;"));
-    assert!(!format!("{preset:?}").contains("s3cr"), "the token must not show in Debug");
+    assert!(
+        !format!("{preset:?}").contains("s3cr"),
+        "the token must not show in Debug"
+    );
     assert_eq!(
         Tracker::Tune.preset(&PresetParams::new("net.go2cloud.org").key("t")),
-        Err(PresetError::MissingKey { tracker: Tracker::Tune, what: "offer id" })
+        Err(PresetError::MissingKey {
+            tracker: Tracker::Tune,
+            what: "offer id"
+        })
     );
 }
 
@@ -159,13 +179,23 @@ fn the_click_id_can_travel_in_another_macro() {
 
 #[test]
 fn currency_is_moved_first_and_the_lint_says_so() {
-    let t = Tracker::Voluum.preset(&PresetParams::new("v.example")).unwrap().template().unwrap();
+    let t = Tracker::Voluum
+        .preset(&PresetParams::new("v.example"))
+        .unwrap()
+        .template()
+        .unwrap();
     assert_eq!(t.lints(), [Lint::CurrencyMoved { from: 4 }]);
 }
 
 #[test]
 fn a_domain_with_a_scheme_or_path_is_refused() {
-    for bad in ["https://v.example", "v.example/x", "v.example?x", "us er@v.example", "{sub1}.example"] {
+    for bad in [
+        "https://v.example",
+        "v.example/x",
+        "v.example?x",
+        "us er@v.example",
+        "{sub1}.example",
+    ] {
         assert_eq!(
             Tracker::Voluum.preset(&PresetParams::new(bad)),
             Err(PresetError::InvalidDomain(bad.to_owned())),
@@ -182,7 +212,12 @@ fn a_domain_with_a_scheme_or_path_is_refused() {
 fn every_preset_builds_a_valid_server_to_server_postback() {
     for t in Tracker::ALL {
         let params = PresetParams::new("t.example").key("k").offer("1");
-        let pb = t.preset(&params).unwrap().postback(PostbackId::new(1)).partner(1.into()).build();
+        let pb = t
+            .preset(&params)
+            .unwrap()
+            .postback(PostbackId::new(1))
+            .partner(1.into())
+            .build();
         let pb = pb.unwrap_or_else(|e| panic!("{t}: {e}"));
         assert!(pb.template().has_click_id(), "{t}");
         assert_eq!(pb.response_check().is_some(), t == Tracker::Tune, "{t}");
