@@ -21,8 +21,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::access::{AccessError, Actor, AuditEntry, Gatekeeper, Settings};
 use crate::delivery::{
-    Attempt, Delivery, DeliveryError, DeliveryId, DisablePolicy, Failure, FailureClass, GiveUpReason, Outbound,
-    Progress, RequestError, RetryPolicy, State,
+    Attempt, Delivery, DeliveryError, DeliveryId, DisablePolicy, Failure, FailureClass,
+    GiveUpReason, Outbound, Progress, RequestError, RetryPolicy, State,
 };
 use crate::model::{Kind, Method, PartnerId, Postback, PostbackId};
 use crate::net::{NetError, NetPolicy};
@@ -30,7 +30,7 @@ use crate::registry::{Precedence, Registry, RegistryError, Resolution, Trigger};
 use crate::template::{ExpandError, Macro, MacroValues, Pixel, Value};
 
 /// How the engine delivers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 #[non_exhaustive]
 pub struct EngineConfig {
@@ -46,18 +46,6 @@ pub struct EngineConfig {
     /// Where server-to-server postbacks may go, checked when one is created or edited through
     /// the engine. Transports check resolved addresses against the same policy.
     pub net: NetPolicy,
-}
-
-impl Default for EngineConfig {
-    fn default() -> Self {
-        EngineConfig {
-            retry: RetryPolicy::default(),
-            disable: DisablePolicy::default(),
-            access: Settings::default(),
-            idempotency_header: None,
-            net: NetPolicy::default(),
-        }
-    }
 }
 
 impl EngineConfig {
@@ -228,7 +216,9 @@ pub enum EngineError {
     #[error(transparent)]
     Access(#[from] AccessError),
     /// A test fire of a postback that is not server-to-server.
-    #[error("postback {0} is a pixel or HTML code and cannot be test-fired from the server: render it in a page instead")]
+    #[error(
+        "postback {0} is a pixel or HTML code and cannot be test-fired from the server: render it in a page instead"
+    )]
     NotServerToServer(PostbackId),
     /// A postback URL the network policy refuses.
     #[error(transparent)]
@@ -340,7 +330,11 @@ impl Engine {
 
     /// Unfinished deliveries of one postback.
     pub fn deliveries_of(&self, postback: PostbackId) -> impl Iterator<Item = &Delivery> {
-        self.by_postback.get(&postback).into_iter().flatten().filter_map(|id| self.deliveries.get(id))
+        self.by_postback
+            .get(&postback)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.deliveries.get(id))
     }
 
     /// A postback's health.
@@ -358,16 +352,28 @@ impl Engine {
         values: &V,
     ) -> Fired {
         let resolution = self.registry.resolve(trigger);
-        let mut fired = Fired { resolution, deliveries: Vec::new(), pixels: Vec::new(), errors: Vec::new() };
+        let mut fired = Fired {
+            resolution,
+            deliveries: Vec::new(),
+            pixels: Vec::new(),
+            errors: Vec::new(),
+        };
         let firing: Vec<PostbackId> = fired.resolution.firing().collect();
         for pid in firing {
-            let Some(pb) = self.registry.get(pid) else { continue };
+            let Some(pb) = self.registry.get(pid) else {
+                continue;
+            };
             let result = match pb.method() {
-                Method::ServerToServer { .. } => self.create_delivery(now, pid, values, false).map(|d| {
-                    fired.deliveries.push((pid, d));
-                }),
+                Method::ServerToServer { .. } => {
+                    self.create_delivery(now, pid, values, false).map(|d| {
+                        fired.deliveries.push((pid, d));
+                    })
+                }
                 method => render(pb, method, values).map(|html| {
-                    fired.pixels.push(RenderedPixel { postback: pid, html });
+                    fired.pixels.push(RenderedPixel {
+                        postback: pid,
+                        html,
+                    });
                 }),
             };
             if let Err(e) = result {
@@ -386,7 +392,10 @@ impl Engine {
         postback: PostbackId,
         values: &V,
     ) -> Result<DeliveryId, EngineError> {
-        let pb = self.registry.get(postback).ok_or(AccessError::Registry(RegistryError::NotFound(postback)))?;
+        let pb = self
+            .registry
+            .get(postback)
+            .ok_or(AccessError::Registry(RegistryError::NotFound(postback)))?;
         if !pb.method().is_server_to_server() {
             return Err(EngineError::NotServerToServer(postback));
         }
@@ -403,7 +412,10 @@ impl Engine {
         let pb = self.registry.get(pid).expect("caller checked");
         let id = DeliveryId::new(self.next_id);
         let id_text = id.to_string();
-        let url = pb.template().expand(&WithDeliveryId { inner: values, id: &id_text })?;
+        let url = pb.template().expand(&WithDeliveryId {
+            inner: values,
+            id: &id_text,
+        })?;
         let http = match pb.method() {
             Method::ServerToServer { http } => http,
             _ => Default::default(),
@@ -412,7 +424,11 @@ impl Engine {
         if let Some(h) = &self.config.idempotency_header {
             req = req.header(h, &id_text)?;
         }
-        let delay = if test { std::time::Duration::ZERO } else { pb.delay() };
+        let delay = if test {
+            std::time::Duration::ZERO
+        } else {
+            pb.delay()
+        };
         let mut d = Delivery::new(id, pid, req, now, delay)
             .with_response_check(pb.response_check().cloned())
             .hidden_from_reports(pb.kind() == Kind::Cpc);
@@ -428,7 +444,10 @@ impl Engine {
         if let Some(at) = d.due() {
             self.timers.insert((at, d.id()));
         }
-        self.by_postback.entry(d.postback()).or_default().insert(d.id());
+        self.by_postback
+            .entry(d.postback())
+            .or_default()
+            .insert(d.id());
         self.deliveries.insert(d.id(), d);
     }
 
@@ -454,9 +473,15 @@ impl Engine {
                 return None;
             }
             self.timers.pop_first();
-            let Some(d) = self.deliveries.get_mut(&id) else { continue };
+            let Some(d) = self.deliveries.get_mut(&id) else {
+                continue;
+            };
             if let crate::delivery::Action::Send(request) = d.poll(now) {
-                return Some(Transmit { delivery: id, postback: d.postback(), request });
+                return Some(Transmit {
+                    delivery: id,
+                    postback: d.postback(),
+                    request,
+                });
             }
             // Not sendable after all (held or rescheduled meanwhile): keep its timer right.
             if let Some(at) = d.due() {
@@ -472,12 +497,17 @@ impl Engine {
         id: DeliveryId,
         result: Result<http::Response<Vec<u8>>, Failure>,
     ) -> Result<(), EngineError> {
-        let d = self.deliveries.get_mut(&id).ok_or(EngineError::UnknownDelivery(id))?;
+        let d = self
+            .deliveries
+            .get_mut(&id)
+            .ok_or(EngineError::UnknownDelivery(id))?;
         let progress = d.handle_response(now, result, &self.config.retry)?;
         let pid = d.postback();
         if d.is_test() {
             let record = self.finish(id).expect("present");
-            self.events.push_back(Event::TestFired { record: Box::new(record) });
+            self.events.push_back(Event::TestFired {
+                record: Box::new(record),
+            });
             return Ok(());
         }
         match progress {
@@ -487,9 +517,16 @@ impl Engine {
                 h.recent_failures.clear();
                 h.last_success = Some(now);
                 let record = self.finish(id).expect("present");
-                self.events.push_back(Event::Delivered { record: Box::new(record) });
+                self.events.push_back(Event::Delivered {
+                    record: Box::new(record),
+                });
             }
-            Progress::Retry { at, failure, counted, failures } => {
+            Progress::Retry {
+                at,
+                failure,
+                counted,
+                failures,
+            } => {
                 if counted {
                     self.count_failure(now, pid, id, failures);
                 }
@@ -497,7 +534,13 @@ impl Engine {
                     self.hold(id);
                 } else {
                     self.timers.insert((at, id));
-                    self.events.push_back(Event::RetryScheduled { delivery: id, postback: pid, failure, counted, at });
+                    self.events.push_back(Event::RetryScheduled {
+                        delivery: id,
+                        postback: pid,
+                        failure,
+                        counted,
+                        at,
+                    });
                 }
             }
             Progress::GaveUp { reason, failure } => {
@@ -505,12 +548,15 @@ impl Engine {
                     let failures = self.deliveries.get(&id).map_or(0, Delivery::failures);
                     self.count_failure(now, pid, id, failures);
                 }
-                let held = matches!(reason, GiveUpReason::MaxAttempts { .. }) && self.postback_is_off(pid);
+                let held =
+                    matches!(reason, GiveUpReason::MaxAttempts { .. }) && self.postback_is_off(pid);
                 if held {
                     self.hold(id);
                 } else {
                     let record = self.finish(id).expect("present");
-                    self.events.push_back(Event::GaveUp { record: Box::new(record) });
+                    self.events.push_back(Event::GaveUp {
+                        record: Box::new(record),
+                    });
                 }
             }
         }
@@ -518,12 +564,17 @@ impl Engine {
     }
 
     fn postback_is_off(&self, pid: PostbackId) -> bool {
-        self.registry.get(pid).is_none_or(|p| !p.status().is_active())
+        self.registry
+            .get(pid)
+            .is_none_or(|p| !p.status().is_active())
     }
 
     fn hold(&mut self, id: DeliveryId) {
-        let Some(d) = self.deliveries.get_mut(&id) else { return };
-        if matches!(d.state(), State::Held) {
+        let Some(d) = self.deliveries.get_mut(&id) else {
+            return;
+        };
+        // Test fires go out whatever the postback's status.
+        if d.is_test() || matches!(d.state(), State::Held) {
             return;
         }
         let due = d.due();
@@ -531,12 +582,21 @@ impl Engine {
             if let Some(at) = due {
                 self.timers.remove(&(at, id));
             }
-            self.events.push_back(Event::Held { delivery: id, postback: d.postback() });
+            self.events.push_back(Event::Held {
+                delivery: id,
+                postback: d.postback(),
+            });
         }
     }
 
     /// Record a counted failure and apply the disable policy.
-    fn count_failure(&mut self, now: DateTime<Utc>, pid: PostbackId, id: DeliveryId, delivery_failures: u32) {
+    fn count_failure(
+        &mut self,
+        now: DateTime<Utc>,
+        pid: PostbackId,
+        id: DeliveryId,
+        delivery_failures: u32,
+    ) {
         let h = self.health.entry(pid).or_default();
         h.consecutive_failures += 1;
         h.recent_failures.push_back(now);
@@ -554,9 +614,17 @@ impl Engine {
                     h.recent_failures.pop_front();
                 }
                 let first = h.recent_failures.front().copied();
-                let within = first.is_some_and(|f| (now - f).to_std().unwrap_or_default() <= window);
-                (h.consecutive_failures >= failures && h.recent_failures.len() as u32 >= failures && within)
-                    .then(|| format!("{failures} consecutive failed deliveries within {} hours", window.as_secs() / 3600))
+                let within =
+                    first.is_some_and(|f| (now - f).to_std().unwrap_or_default() <= window);
+                (h.consecutive_failures >= failures
+                    && h.recent_failures.len() as u32 >= failures
+                    && within)
+                    .then(|| {
+                        format!(
+                            "{failures} consecutive failed deliveries within {} hours",
+                            window.as_secs() / 3600
+                        )
+                    })
             }
             DisablePolicy::Never => None,
         };
@@ -565,27 +633,60 @@ impl Engine {
         }
     }
 
-    fn disable_automatically(&mut self, now: DateTime<Utc>, pid: PostbackId, cause: DeliveryId, reason: String) {
-        let Some(pb) = self.registry.get(pid) else { return };
+    fn disable_automatically(
+        &mut self,
+        now: DateTime<Utc>,
+        pid: PostbackId,
+        cause: DeliveryId,
+        reason: String,
+    ) {
+        let Some(pb) = self.registry.get(pid) else {
+            return;
+        };
         // Only server-to-server postbacks are delivered here, and a postback already off is not
         // disabled (or announced) twice.
         if !pb.method().is_server_to_server() || !pb.status().is_active() {
             return;
         }
         let partner = pb.partner();
-        let _ = self.registry.disable_automatically(pid, reason.clone(), now);
-        let attempts = self.deliveries.get(&cause).map(|d| d.attempts().to_vec()).unwrap_or_default();
-        self.events.push_back(Event::PostbackDisabled { postback: pid, reason: reason.clone(), at: now });
-        self.events.push_back(Event::NotifyNetworkManager { postback: pid, partner, reason, at: now, attempts });
+        let _ = self
+            .registry
+            .disable_automatically(pid, reason.clone(), now);
+        let attempts = self
+            .deliveries
+            .get(&cause)
+            .map(|d| d.attempts().to_vec())
+            .unwrap_or_default();
+        self.events.push_back(Event::PostbackDisabled {
+            postback: pid,
+            reason: reason.clone(),
+            at: now,
+        });
+        self.events.push_back(Event::NotifyNetworkManager {
+            postback: pid,
+            partner,
+            reason,
+            at: now,
+            attempts,
+        });
         self.hold_all(pid);
     }
 
     /// Hold every scheduled delivery of a postback (in-flight ones are held when their result
     /// comes back as a failure).
     fn hold_all(&mut self, pid: PostbackId) {
-        let ids: Vec<DeliveryId> = self.by_postback.get(&pid).into_iter().flatten().copied().collect();
+        let ids: Vec<DeliveryId> = self
+            .by_postback
+            .get(&pid)
+            .into_iter()
+            .flatten()
+            .copied()
+            .collect();
         for id in ids {
-            if matches!(self.deliveries.get(&id).map(Delivery::state), Some(State::Scheduled { .. })) {
+            if matches!(
+                self.deliveries.get(&id).map(Delivery::state),
+                Some(State::Scheduled { .. })
+            ) {
                 self.hold(id);
             }
         }
@@ -604,7 +705,10 @@ impl Engine {
     /// Whether nothing is scheduled or in flight (held deliveries wait for an enable).
     pub fn is_idle(&self) -> bool {
         self.timers.is_empty()
-            && !self.deliveries.values().any(|d| matches!(d.state(), State::InFlight { .. }))
+            && !self
+                .deliveries
+                .values()
+                .any(|d| matches!(d.state(), State::InFlight { .. }))
     }
 
     /// Check a server-to-server postback's URL (expanded with sample values) against the network
@@ -613,7 +717,10 @@ impl Engine {
         if !postback.method().is_server_to_server() {
             return Ok(());
         }
-        let url = postback.template().preview().unwrap_or_else(|_| postback.template().as_str().to_owned());
+        let url = postback
+            .template()
+            .preview()
+            .unwrap_or_else(|_| postback.template().as_str().to_owned());
         Ok(self.config.net.check_url(&url)?)
     }
 
@@ -622,39 +729,77 @@ impl Engine {
     }
 
     /// Add a postback on behalf of `actor`.
-    pub fn create(&mut self, now: DateTime<Utc>, actor: Actor, postback: Postback) -> Result<AuditEntry, EngineError> {
+    pub fn create(
+        &mut self,
+        now: DateTime<Utc>,
+        actor: Actor,
+        postback: Postback,
+    ) -> Result<AuditEntry, EngineError> {
         self.check_net(&postback)?;
-        Ok(self.gatekeeper().create(&mut self.registry, actor, now, postback)?)
+        Ok(self
+            .gatekeeper()
+            .create(&mut self.registry, actor, now, postback)?)
     }
 
     /// Change a postback on behalf of `actor`. Pending deliveries keep the request they were
     /// created with.
-    pub fn edit(&mut self, now: DateTime<Utc>, actor: Actor, postback: Postback) -> Result<AuditEntry, EngineError> {
+    pub fn edit(
+        &mut self,
+        now: DateTime<Utc>,
+        actor: Actor,
+        postback: Postback,
+    ) -> Result<AuditEntry, EngineError> {
         let id = postback.id();
         self.check_net(&postback)?;
-        let entry = self.gatekeeper().edit(&mut self.registry, actor, now, postback)?;
+        let was_off = self.postback_is_off(id);
+        let entry = self
+            .gatekeeper()
+            .edit(&mut self.registry, actor, now, postback)?;
         if self.postback_is_off(id) {
             self.hold_all(id);
-        } else {
-            self.replay(now, id);
+        } else if was_off {
+            // Made active by the edit: the same as an enable.
+            self.reactivate(now, id);
         }
         Ok(entry)
     }
 
-    /// Enable a postback on behalf of `actor` (after a pause or an automatic disable) and replay
-    /// its held deliveries, due at `now`.
-    pub fn enable(&mut self, now: DateTime<Utc>, actor: Actor, id: PostbackId) -> Result<AuditEntry, EngineError> {
-        let entry = self.gatekeeper().enable(&mut self.registry, actor, now, id)?;
+    /// After a postback became active again: a fresh failure count, held deliveries due now.
+    fn reactivate(&mut self, now: DateTime<Utc>, id: PostbackId) {
         let h = self.health.entry(id).or_default();
         h.consecutive_failures = 0;
         h.recent_failures.clear();
         let replayed = self.replay(now, id);
-        self.events.push_back(Event::Reenabled { postback: id, replayed, at: now });
+        self.events.push_back(Event::Reenabled {
+            postback: id,
+            replayed,
+            at: now,
+        });
+    }
+
+    /// Enable a postback on behalf of `actor` (after a pause or an automatic disable) and replay
+    /// its held deliveries, due at `now`.
+    pub fn enable(
+        &mut self,
+        now: DateTime<Utc>,
+        actor: Actor,
+        id: PostbackId,
+    ) -> Result<AuditEntry, EngineError> {
+        let entry = self
+            .gatekeeper()
+            .enable(&mut self.registry, actor, now, id)?;
+        self.reactivate(now, id);
         Ok(entry)
     }
 
     fn replay(&mut self, now: DateTime<Utc>, id: PostbackId) -> usize {
-        let ids: Vec<DeliveryId> = self.by_postback.get(&id).into_iter().flatten().copied().collect();
+        let ids: Vec<DeliveryId> = self
+            .by_postback
+            .get(&id)
+            .into_iter()
+            .flatten()
+            .copied()
+            .collect();
         let mut n = 0;
         for did in ids {
             if let Some(d) = self.deliveries.get_mut(&did) {
@@ -668,21 +813,43 @@ impl Engine {
     }
 
     /// Pause a postback on behalf of `actor`; its scheduled deliveries are held.
-    pub fn disable(&mut self, now: DateTime<Utc>, actor: Actor, id: PostbackId) -> Result<AuditEntry, EngineError> {
-        let entry = self.gatekeeper().disable(&mut self.registry, actor, now, id)?;
+    pub fn disable(
+        &mut self,
+        now: DateTime<Utc>,
+        actor: Actor,
+        id: PostbackId,
+    ) -> Result<AuditEntry, EngineError> {
+        let entry = self
+            .gatekeeper()
+            .disable(&mut self.registry, actor, now, id)?;
         self.hold_all(id);
         Ok(entry)
     }
 
     /// Delete a postback on behalf of `actor`; its unfinished deliveries end with
     /// [`GiveUpReason::PostbackDeleted`] (reported, not silently dropped).
-    pub fn delete(&mut self, now: DateTime<Utc>, actor: Actor, id: PostbackId) -> Result<AuditEntry, EngineError> {
-        let entry = self.gatekeeper().delete(&mut self.registry, actor, now, id)?;
-        let ids: Vec<DeliveryId> = self.by_postback.get(&id).into_iter().flatten().copied().collect();
+    pub fn delete(
+        &mut self,
+        now: DateTime<Utc>,
+        actor: Actor,
+        id: PostbackId,
+    ) -> Result<AuditEntry, EngineError> {
+        let entry = self
+            .gatekeeper()
+            .delete(&mut self.registry, actor, now, id)?;
+        let ids: Vec<DeliveryId> = self
+            .by_postback
+            .get(&id)
+            .into_iter()
+            .flatten()
+            .copied()
+            .collect();
         for did in ids {
             if let Some(mut d) = self.finish(did) {
                 d.abandon(now);
-                self.events.push_back(Event::GaveUp { record: Box::new(d) });
+                self.events.push_back(Event::GaveUp {
+                    record: Box::new(d),
+                });
             }
         }
         self.health.remove(&id);
@@ -692,12 +859,19 @@ impl Engine {
     /// Bytes held by unfinished deliveries, including their index entries (capacity planning).
     pub fn delivery_bytes(&self) -> usize {
         let per_entry = std::mem::size_of::<Delivery>() + std::mem::size_of::<DeliveryId>() + 16;
-        self.deliveries.values().map(|d| per_entry + d.heap_bytes()).sum::<usize>()
+        self.deliveries
+            .values()
+            .map(|d| per_entry + d.heap_bytes())
+            .sum::<usize>()
             + self.timers.len() * (std::mem::size_of::<(DateTime<Utc>, DeliveryId)>() + 8)
     }
 }
 
-fn render<V: MacroValues + ?Sized>(pb: &Postback, method: Method, values: &V) -> Result<String, FireError> {
+fn render<V: MacroValues + ?Sized>(
+    pb: &Postback,
+    method: Method,
+    values: &V,
+) -> Result<String, FireError> {
     Ok(match method {
         Method::ImagePixel => pb.template().render_pixel(Pixel::Image, values)?,
         Method::IframePixel => pb.template().render_pixel(Pixel::Iframe, values)?,

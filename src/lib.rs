@@ -20,9 +20,9 @@
 pub mod access;
 pub mod delivery;
 pub mod engine;
-pub mod presets;
 pub mod model;
 pub mod net;
+pub mod presets;
 pub mod registry;
 pub mod template;
 pub mod transport;

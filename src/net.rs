@@ -29,8 +29,12 @@ impl IpRange {
     /// Whether `ip` is inside.
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, ip) {
-            (IpAddr::V4(a), IpAddr::V4(b)) => prefix_eq(&a.octets(), &b.octets(), self.prefix.min(32)),
-            (IpAddr::V6(a), IpAddr::V6(b)) => prefix_eq(&a.octets(), &b.octets(), self.prefix.min(128)),
+            (IpAddr::V4(a), IpAddr::V4(b)) => {
+                prefix_eq(&a.octets(), &b.octets(), self.prefix.min(32))
+            }
+            (IpAddr::V6(a), IpAddr::V6(b)) => {
+                prefix_eq(&a.octets(), &b.octets(), self.prefix.min(128))
+            }
             _ => false,
         }
     }
@@ -176,7 +180,11 @@ impl NetPolicy {
         match ip {
             IpAddr::V4(a) => {
                 if LOOPBACK_V4.contains(ip) {
-                    return if self.allow_loopback { Ok(()) } else { refuse("loopback") };
+                    return if self.allow_loopback {
+                        Ok(())
+                    } else {
+                        refuse("loopback")
+                    };
                 }
                 match FORBIDDEN_V4.iter().find(|(r, _)| r.contains(ip)) {
                     Some((_, what)) => refuse(what),
@@ -189,12 +197,18 @@ impl NetPolicy {
             IpAddr::V6(a) => {
                 if let Some(inner) = embedded_v4(a) {
                     return self.check_ip(IpAddr::V4(inner)).map_err(|e| match e {
-                        NetError::Forbidden { range, .. } => NetError::Forbidden { addr: ip, range },
+                        NetError::Forbidden { range, .. } => {
+                            NetError::Forbidden { addr: ip, range }
+                        }
                         e => e,
                     });
                 }
                 if LOOPBACK_V6.contains(ip) {
-                    return if self.allow_loopback { Ok(()) } else { refuse("loopback") };
+                    return if self.allow_loopback {
+                        Ok(())
+                    } else {
+                        refuse("loopback")
+                    };
                 }
                 match FORBIDDEN_V6.iter().find(|(r, _)| r.contains(ip)) {
                     Some((_, what)) => refuse(what),
@@ -249,7 +263,12 @@ fn embedded_v4(a: Ipv6Addr) -> Option<Ipv4Addr> {
         [0, 0, 0, 0, 0, 0, 0, 0] | [0, 0, 0, 0, 0, 0, 0, 1] => None,
         [0, 0, 0, 0, 0, 0, _, _] => Some(tail),
         [0x64, 0xff9b, 0, 0, 0, 0, _, _] => Some(tail),
-        [0x2002, hi, lo, ..] => Some(Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8)),
+        [0x2002, hi, lo, ..] => Some(Ipv4Addr::new(
+            (hi >> 8) as u8,
+            hi as u8,
+            (lo >> 8) as u8,
+            lo as u8,
+        )),
         _ => None,
     }
 }
@@ -265,10 +284,29 @@ mod tests {
     #[test]
     fn private_and_special_ranges_are_forbidden() {
         for ip in [
-            "127.0.0.1", "10.1.2.3", "172.16.0.1", "172.31.255.255", "192.168.1.1", "169.254.169.254",
-            "100.64.0.1", "0.0.0.0", "224.0.0.1", "255.255.255.255", "192.0.2.1", "::1", "::",
-            "fe80::1", "fc00::1", "fd12:3456::1", "ff02::1", "2001:db8::1", "::ffff:127.0.0.1",
-            "::ffff:169.254.169.254", "64:ff9b::a9fe:a9fe", "2002:a9fe:a9fe::1", "::10.0.0.1",
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "224.0.0.1",
+            "255.255.255.255",
+            "192.0.2.1",
+            "::1",
+            "::",
+            "fe80::1",
+            "fc00::1",
+            "fd12:3456::1",
+            "ff02::1",
+            "2001:db8::1",
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+            "64:ff9b::a9fe:a9fe",
+            "2002:a9fe:a9fe::1",
+            "::10.0.0.1",
         ] {
             assert!(forbidden(ip), "{ip} should be forbidden");
         }
@@ -276,7 +314,14 @@ mod tests {
 
     #[test]
     fn public_addresses_are_allowed() {
-        for ip in ["8.8.8.8", "1.1.1.1", "172.32.0.1", "100.128.0.1", "2606:4700::1111", "::ffff:8.8.8.8"] {
+        for ip in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "172.32.0.1",
+            "100.128.0.1",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+        ] {
             assert!(!forbidden(ip), "{ip} should be allowed");
         }
     }
@@ -301,10 +346,19 @@ mod tests {
             "http://[::ffff:a9fe:a9fe]/",
             "http://127.1/",
         ] {
-            assert!(matches!(p.check_url(url), Err(NetError::Forbidden { .. })), "{url}");
+            assert!(
+                matches!(p.check_url(url), Err(NetError::Forbidden { .. })),
+                "{url}"
+            );
         }
-        assert_eq!(p.check_url("http://localhost/"), Err(NetError::LocalName("localhost".into())));
-        assert_eq!(p.check_url("ftp://x.example/"), Err(NetError::Scheme("ftp".into())));
+        assert_eq!(
+            p.check_url("http://localhost/"),
+            Err(NetError::LocalName("localhost".into()))
+        );
+        assert_eq!(
+            p.check_url("ftp://x.example/"),
+            Err(NetError::Scheme("ftp".into()))
+        );
         assert_eq!(p.check_url("https://tracker.example/pb?x=1"), Ok(()));
     }
 
@@ -312,6 +366,9 @@ mod tests {
     fn ports_can_be_restricted() {
         let p = NetPolicy::default().only_ports([80, 443]);
         assert_eq!(p.check_url("https://t.example/"), Ok(()));
-        assert_eq!(p.check_url("https://t.example:8443/"), Err(NetError::Port(8443)));
+        assert_eq!(
+            p.check_url("https://t.example:8443/"),
+            Err(NetError::Port(8443))
+        );
     }
 }

@@ -46,7 +46,8 @@ pub trait Transport {
     type Error: Classify;
 
     /// Send one request; return the response whatever its status.
-    fn send(&self, request: http::Request<Vec<u8>>) -> Result<http::Response<Vec<u8>>, Self::Error>;
+    fn send(&self, request: http::Request<Vec<u8>>)
+    -> Result<http::Response<Vec<u8>>, Self::Error>;
 }
 
 impl<F, E> Transport for F
@@ -153,7 +154,13 @@ pub fn run_blocking<T: Transport, C: Clock>(
 ) -> RunReport {
     let mut report = RunReport::default();
     loop {
-        let next = step_blocking(engine, transport, || clock.now(), &mut report, &mut on_event);
+        let next = step_blocking(
+            engine,
+            transport,
+            || clock.now(),
+            &mut report,
+            &mut on_event,
+        );
         match next {
             None => {
                 report.idle = true;
@@ -190,7 +197,9 @@ where
         let now = clock.now();
         if now < deadline {
             while inflight.len() < concurrency {
-                let Some(tx) = engine.poll_transmit(now) else { break };
+                let Some(tx) = engine.poll_transmit(now) else {
+                    break;
+                };
                 report.sent += 1;
                 let id = tx.delivery;
                 let fut = transport.send(tx.request);
@@ -234,7 +243,10 @@ where
         .await;
         if let Some((i, (id, result))) = done {
             drop(inflight.swap_remove(i));
-            if engine.handle_response(clock.now(), id, result.map_err(|e| e.failure())).is_ok() {
+            if engine
+                .handle_response(clock.now(), id, result.map_err(|e| e.failure()))
+                .is_ok()
+            {
                 report.handled += 1;
             }
         }

@@ -40,10 +40,8 @@ use serde::{Deserialize, Serialize};
 use crate::model::{HttpMethod, PostbackId, ResponseCheck};
 use crate::template::redact_url;
 
-pub use policy::{
-    Classifier, DEFAULT_SCHEDULE, DisablePolicy, OnFailure, RetryPolicy,
-};
 pub(crate) use policy::add;
+pub use policy::{Classifier, DEFAULT_SCHEDULE, DisablePolicy, OnFailure, RetryPolicy};
 
 /// How much of a response body an attempt record keeps.
 pub const BODY_PREFIX: usize = 4096;
@@ -113,7 +111,11 @@ impl Failure {
     fn detail(&self) -> &str {
         match self {
             Failure::Timeout => "timed out",
-            Failure::Connect(s) | Failure::Dns(s) | Failure::Tls(s) | Failure::Forbidden(s) | Failure::Local(s) => s,
+            Failure::Connect(s)
+            | Failure::Dns(s)
+            | Failure::Tls(s)
+            | Failure::Forbidden(s)
+            | Failure::Local(s) => s,
         }
     }
 }
@@ -205,7 +207,10 @@ impl fmt::Debug for Outbound {
         f.debug_struct("Outbound")
             .field("method", &self.method)
             .field("url", &redact_url(&self.url))
-            .field("headers", &self.headers.iter().map(|(k, _)| k).collect::<Vec<_>>())
+            .field(
+                "headers",
+                &self.headers.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -215,7 +220,9 @@ impl fmt::Debug for Outbound {
 #[non_exhaustive]
 pub enum RequestError {
     /// The URL is not a valid request target.
-    #[error("the expanded URL is not a valid request target ({0}): check the template and the values")]
+    #[error(
+        "the expanded URL is not a valid request target ({0}): check the template and the values"
+    )]
     InvalidUrl(String),
     /// A header name or value is invalid.
     #[error("header `{0}` is invalid: use a token name and a visible ASCII value")]
@@ -227,13 +234,19 @@ impl Outbound {
     pub fn new(method: HttpMethod, url: impl Into<String>) -> Result<Outbound, RequestError> {
         let url = url.into();
         http::Uri::try_from(url.as_str()).map_err(|e| RequestError::InvalidUrl(e.to_string()))?;
-        Ok(Outbound { method, url, headers: Vec::new() })
+        Ok(Outbound {
+            method,
+            url,
+            headers: Vec::new(),
+        })
     }
 
     /// Add a header, checked.
     pub fn header(mut self, name: &str, value: &str) -> Result<Outbound, RequestError> {
-        http::HeaderName::try_from(name).map_err(|_| RequestError::InvalidHeader(name.to_owned()))?;
-        http::HeaderValue::try_from(value).map_err(|_| RequestError::InvalidHeader(name.to_owned()))?;
+        http::HeaderName::try_from(name)
+            .map_err(|_| RequestError::InvalidHeader(name.to_owned()))?;
+        http::HeaderValue::try_from(value)
+            .map_err(|_| RequestError::InvalidHeader(name.to_owned()))?;
         self.headers.push((name.to_owned(), value.to_owned()));
         Ok(self)
     }
@@ -254,15 +267,23 @@ impl Outbound {
             HttpMethod::Get => http::Method::GET,
             HttpMethod::Post => http::Method::POST,
         };
-        let mut b = http::Request::builder().method(method).uri(self.url.as_str());
+        let mut b = http::Request::builder()
+            .method(method)
+            .uri(self.url.as_str());
         for (k, v) in &self.headers {
             b = b.header(k.as_str(), v.as_str());
         }
-        b.body(Vec::new()).map_err(|e| RequestError::InvalidUrl(e.to_string()))
+        b.body(Vec::new())
+            .map_err(|e| RequestError::InvalidUrl(e.to_string()))
     }
 
     fn heap_bytes(&self) -> usize {
-        self.url.capacity() + self.headers.iter().map(|(k, v)| k.capacity() + v.capacity() + 48).sum::<usize>()
+        self.url.capacity()
+            + self
+                .headers
+                .iter()
+                .map(|(k, v)| k.capacity() + v.capacity() + 48)
+                .sum::<usize>()
     }
 }
 
@@ -312,7 +333,7 @@ pub enum GiveUpReason {
         /// The failure.
         failure: FailureClass,
     },
-    /// Too many consecutive local refusals (network policy, own errors).
+    /// Too many local refusals (network policy, own errors) since creation or the last release.
     LocalRefusals {
         /// How many.
         refusals: u32,
@@ -324,6 +345,9 @@ pub enum GiveUpReason {
 }
 
 /// What the caller should do now.
+// `Send` is the large variant, and it is handed to the caller at once; boxing it would cost an
+// allocation per attempt.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 #[must_use]
 #[non_exhaustive]
@@ -394,7 +418,7 @@ pub struct Delivery {
     state: State,
     /// Counted failures since creation or the last release.
     failures: u32,
-    /// Consecutive local refusals.
+    /// Local refusals since creation or the last release.
     refusals: u32,
     attempts: Vec<Attempt>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -419,7 +443,9 @@ impl Delivery {
             postback,
             request,
             created: now,
-            state: State::Scheduled { at: add(now, delay) },
+            state: State::Scheduled {
+                at: add(now, delay),
+            },
             failures: 0,
             refusals: 0,
             attempts: Vec::new(),
@@ -510,7 +536,11 @@ impl Delivery {
                     // Checked at construction, so only a corrupted restore lands here; record it
                     // as our own error rather than panic or lose the delivery.
                     self.state = State::InFlight { since: now };
-                    let _ = self.handle_failure(now, Failure::Local(e.to_string()), &RetryPolicy::default());
+                    let _ = self.handle_failure(
+                        now,
+                        Failure::Local(e.to_string()),
+                        &RetryPolicy::default(),
+                    );
                     self.poll(now)
                 }
             },
@@ -538,7 +568,12 @@ impl Delivery {
         }
     }
 
-    fn handle_http(&mut self, now: DateTime<Utc>, resp: &http::Response<Vec<u8>>, policy: &RetryPolicy) -> Progress {
+    fn handle_http(
+        &mut self,
+        now: DateTime<Utc>,
+        resp: &http::Response<Vec<u8>>,
+        policy: &RetryPolicy,
+    ) -> Progress {
         let status = resp.status().as_u16();
         let body = resp.body();
         let failure = if !resp.status().is_success() {
@@ -601,24 +636,38 @@ impl Delivery {
         }
         if counted {
             self.failures += 1;
-            self.refusals = 0;
             if policy.classifier.on(&failure) == OnFailure::GiveUp {
                 return give_up(self, GiveUpReason::Terminal { failure });
             }
             if self.failures >= policy.max_attempts {
-                return give_up(self, GiveUpReason::MaxAttempts { failures: self.failures });
+                return give_up(
+                    self,
+                    GiveUpReason::MaxAttempts {
+                        failures: self.failures,
+                    },
+                );
             }
         } else {
             self.refusals += 1;
             if self.refusals >= policy.max_local_refusals {
-                return give_up(self, GiveUpReason::LocalRefusals { refusals: self.refusals });
+                return give_up(
+                    self,
+                    GiveUpReason::LocalRefusals {
+                        refusals: self.refusals,
+                    },
+                );
             }
         }
         // The schedule advances with every attempt, counted or not, so a local fault cannot
         // turn into a tight loop.
         let at = policy.next_attempt_at(now, number, self.id, retry_after);
         self.state = State::Scheduled { at };
-        Progress::Retry { at, failure, counted, failures: self.failures }
+        Progress::Retry {
+            at,
+            failure,
+            counted,
+            failures: self.failures,
+        }
     }
 
     /// Hold: stop sending until [`release`](Self::release). Allowed when scheduled, and after
@@ -626,7 +675,12 @@ impl Delivery {
     /// Returns whether it is now held.
     pub fn hold(&mut self) -> bool {
         match self.state {
-            State::Scheduled { .. } | State::Held | State::GaveUp { reason: GiveUpReason::MaxAttempts { .. }, .. } => {
+            State::Scheduled { .. }
+            | State::Held
+            | State::GaveUp {
+                reason: GiveUpReason::MaxAttempts { .. },
+                ..
+            } => {
                 self.state = State::Held;
                 true
             }
@@ -648,7 +702,10 @@ impl Delivery {
     /// End a delivery whose postback was deleted.
     pub fn abandon(&mut self, now: DateTime<Utc>) {
         if !self.is_finished() {
-            self.state = State::GaveUp { at: now, reason: GiveUpReason::PostbackDeleted };
+            self.state = State::GaveUp {
+                at: now,
+                reason: GiveUpReason::PostbackDeleted,
+            };
         }
     }
 
@@ -656,7 +713,11 @@ impl Delivery {
     pub fn heap_bytes(&self) -> usize {
         self.request.heap_bytes()
             + self.attempts.capacity() * std::mem::size_of::<Attempt>()
-            + self.attempts.iter().map(|a| a.url.capacity() + a.body.capacity()).sum::<usize>()
+            + self
+                .attempts
+                .iter()
+                .map(|a| a.url.capacity() + a.body.capacity())
+                .sum::<usize>()
     }
 }
 
@@ -675,7 +736,9 @@ pub fn parse_retry_after(v: &str, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
     if let Ok(secs) = v.parse::<u64>() {
         return Some(add(now, Duration::from_secs(secs)));
     }
-    DateTime::parse_from_rfc2822(v).ok().map(|t| t.with_timezone(&Utc))
+    DateTime::parse_from_rfc2822(v)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
 }
 
 #[cfg(test)]
@@ -687,18 +750,34 @@ mod tests {
     }
 
     fn resp(status: u16) -> Result<http::Response<Vec<u8>>, Failure> {
-        Ok(http::Response::builder().status(status).body(b"body".to_vec()).unwrap())
+        Ok(http::Response::builder()
+            .status(status)
+            .body(b"body".to_vec())
+            .unwrap())
     }
 
     fn delivery() -> Delivery {
-        let req = Outbound::new(HttpMethod::Get, "https://t.example/pb?cid=1&token=s3cret").unwrap();
-        Delivery::new(DeliveryId::new(1), PostbackId::new(2), req, t(0), Duration::ZERO)
+        let req =
+            Outbound::new(HttpMethod::Get, "https://t.example/pb?cid=1&token=s3cret").unwrap();
+        Delivery::new(
+            DeliveryId::new(1),
+            PostbackId::new(2),
+            req,
+            t(0),
+            Duration::ZERO,
+        )
     }
 
     #[test]
     fn a_delay_postpones_the_first_attempt() {
         let req = Outbound::new(HttpMethod::Get, "https://t.example/").unwrap();
-        let mut d = Delivery::new(DeliveryId::new(1), PostbackId::new(2), req, t(0), Duration::from_secs(60));
+        let mut d = Delivery::new(
+            DeliveryId::new(1),
+            PostbackId::new(2),
+            req,
+            t(0),
+            Duration::from_secs(60),
+        );
         assert!(matches!(d.poll(t(59)), Action::Wait(at) if at == t(60)));
         assert!(matches!(d.poll(t(60)), Action::Send(_)));
     }
@@ -708,8 +787,14 @@ mod tests {
         let p = RetryPolicy::default();
         let mut d = delivery();
         let _ = d.poll(t(0));
-        assert_eq!(d.handle_response(t(1), resp(200), &p), Ok(Progress::Delivered { attempts: 1 }));
-        assert_eq!(d.handle_response(t(1), resp(200), &p), Err(DeliveryError::NotInFlight(DeliveryId::new(1))));
+        assert_eq!(
+            d.handle_response(t(1), resp(200), &p),
+            Ok(Progress::Delivered { attempts: 1 })
+        );
+        assert_eq!(
+            d.handle_response(t(1), resp(200), &p),
+            Err(DeliveryError::NotInFlight(DeliveryId::new(1)))
+        );
     }
 
     #[test]
@@ -720,8 +805,14 @@ mod tests {
         let _ = d.handle_response(t(3), resp(500), &p).unwrap();
         let a = &d.attempts()[0];
         assert_eq!(a.url, "https://t.example/pb?cid=1&token=***");
-        assert_eq!((a.status, a.body.as_str(), a.duration), (Some(500), "body", Duration::from_secs(3)));
-        assert_eq!((a.failure, a.counted), (Some(FailureClass::Status(500)), true));
+        assert_eq!(
+            (a.status, a.body.as_str(), a.duration),
+            (Some(500), "body", Duration::from_secs(3))
+        );
+        assert_eq!(
+            (a.failure, a.counted),
+            (Some(FailureClass::Status(500)), true)
+        );
     }
 
     #[test]

@@ -125,8 +125,8 @@ pub struct RetryPolicy {
     /// A `Retry-After` longer than this is cut to it (default 6 hours). `Retry-After` can only
     /// delay a retry, never bring it forward.
     pub retry_after_cap: Duration,
-    /// Consecutive local refusals after which a delivery gives up (default 25). They never
-    /// count toward disabling the postback.
+    /// Local refusals after which a delivery gives up (default 25, counted since creation or
+    /// the last release). They never count toward disabling the postback.
     pub max_local_refusals: u32,
     /// Which failures are retried.
     pub classifier: Classifier,
@@ -138,7 +138,7 @@ impl Default for RetryPolicy {
             max_attempts: 25,
             schedule: DEFAULT_SCHEDULE.to_vec(),
             jitter_percent: 20,
-            jitter_seed: 0x5EED_0F_BAC4,
+            jitter_seed: 0x5EED_0FBA_C4,
             max_delay: Duration::from_secs(12 * 3600),
             retry_after_cap: Duration::from_secs(6 * 3600),
             max_local_refusals: 25,
@@ -202,7 +202,11 @@ impl RetryPolicy {
             base
         } else {
             // A sample in [0, 2*pct] per mille-percent, centred on pct: base * (1 +- pct%).
-            let r = splitmix64(self.jitter_seed ^ delivery.get().wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(attempt));
+            let r = splitmix64(
+                self.jitter_seed
+                    ^ delivery.get().wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                    ^ u64::from(attempt),
+            );
             let span = 2 * pct * 1000 + 1;
             let offset = (r % span) as i128 - (pct * 1000) as i128; // in 1/100_000 of base
             let nanos = base.as_nanos() as i128;
@@ -277,7 +281,10 @@ impl Default for DisablePolicy {
 impl DisablePolicy {
     /// Everflow's 2026 rule: 10 consecutive failures within 72 hours.
     pub const fn everflow_2026() -> DisablePolicy {
-        DisablePolicy::ConsecutiveWithin { failures: 10, window: Duration::from_secs(72 * 3600) }
+        DisablePolicy::ConsecutiveWithin {
+            failures: 10,
+            window: Duration::from_secs(72 * 3600),
+        }
     }
 }
 
@@ -315,12 +322,18 @@ mod tests {
         let sched = p.next_attempt_at(now, 1, id, None);
         assert_eq!(sched, now + chrono::Duration::seconds(10));
         // Earlier than the schedule: ignored.
-        assert_eq!(p.next_attempt_at(now, 1, id, Some(now + chrono::Duration::seconds(2))), sched);
+        assert_eq!(
+            p.next_attempt_at(now, 1, id, Some(now + chrono::Duration::seconds(2))),
+            sched
+        );
         // Later: honoured.
         let later = now + chrono::Duration::seconds(120);
         assert_eq!(p.next_attempt_at(now, 1, id, Some(later)), later);
         // Far later: capped.
         let far = now + chrono::Duration::days(30);
-        assert_eq!(p.next_attempt_at(now, 1, id, Some(far)), now + chrono::Duration::hours(6));
+        assert_eq!(
+            p.next_attempt_at(now, 1, id, Some(far)),
+            now + chrono::Duration::hours(6)
+        );
     }
 }

@@ -20,8 +20,9 @@ const USERINFO: &AsciiSet = &PATH
 /// WHATWG component set: for values in a query key or value. `& = + # ? /` are all encoded, so
 /// a value can never add, end or alter a parameter.
 pub(crate) const COMPONENT: &AsciiSet = &USERINFO.add(b'$').add(b'%').add(b'&').add(b'+').add(b',');
-/// The path-segment set: the path set plus `/` and `%`, so a value stays one segment.
-pub(crate) const PATH_SEGMENT: &AsciiSet = &PATH.add(b'/').add(b'%');
+/// The path-segment set: the path set plus `/`, `\\` (which URL parsers read as `/`) and `%`, so
+/// a value stays one segment.
+pub(crate) const PATH_SEGMENT: &AsciiSet = &PATH.add(b'/').add(b'\\').add(b'%');
 /// Everything but the unreserved characters: safe in HTML text, either kind of quoted attribute,
 /// a JavaScript string and a URL at once, for HTML/JS code whose context we cannot know.
 pub(crate) const STRICT: &AsciiSet = &percent_encoding::NON_ALPHANUMERIC
@@ -135,7 +136,10 @@ mod tests {
 
     #[test]
     fn path_segment_keeps_one_segment() {
-        assert_eq!(enc("a/b?c#d e", Position::PathSegment), "a%2Fb%3Fc%23d%20e");
+        assert_eq!(
+            enc("a/b?c#d e\\f", Position::PathSegment),
+            "a%2Fb%3Fc%23d%20e%5Cf"
+        );
     }
 
     #[test]

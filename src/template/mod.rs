@@ -30,8 +30,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 pub use catalog::{Catalog, CatalogError, Macro};
-pub use lint::{Lint, SampleValues, redact_url};
 pub(crate) use encode::COMPONENT as COMPONENT_SET;
+pub use lint::{Lint, SampleValues, redact_url};
 pub use money::{Amount, AmountError, Currency, CurrencyError};
 pub use syntax::{Dialect, UnknownDialect};
 pub use values::{Encoded, MacroValues, NotEncoded, OwnedValue, UnknownName, Value, ValueMap};
@@ -249,9 +249,10 @@ pub enum ExpandError {
         /// What it needs.
         expected: &'static str,
     },
-    /// `.` or `..` as a whole path segment would change the path.
+    /// The value would make a path segment `.` or `..` (or an escaped form such as `%2e`), which
+    /// would change the path.
     #[error(
-        "macro `{0}` fills a whole path segment and its value is `.` or `..`, which would change the path: send another value"
+        "macro `{0}` would make a path segment `.` or `..`, which would change the path: send another value"
     )]
     DotSegment(String),
 }
@@ -265,7 +266,9 @@ struct Seg {
     flags: u8,
 }
 
-const WHOLE_SEGMENT: u8 = 1;
+/// The last macro of a path segment whose literal text is only dots: after it, check that the
+/// segment as expanded is not `.` or `..`.
+const DOT_CHECK: u8 = 1;
 const CLICK_ID: u8 = 2;
 
 /// Which HTML element a pixel postback is rendered as.
@@ -358,6 +361,15 @@ impl Template {
             close: dialect.delimiters().1,
         })?;
 
+        // Where the scheme, host and port end, for macros the catalogue does not know.
+        let authority_end = match context {
+            Context::Url => src.find("://").map(|sep| {
+                src[sep + 3..]
+                    .find(['/', '?', '#'])
+                    .map_or(src.len(), |i| sep + 3 + i)
+            }),
+            Context::Html => None,
+        };
         let mut lints = Vec::new();
         let mut custom: Vec<(Box<str>, Macro)> = Vec::new();
         let mut items = Vec::with_capacity(tokens.len());
@@ -391,6 +403,14 @@ impl Template {
                                     name: name.to_owned(),
                                     at,
                                     suggestion: catalog.suggest(&canonical),
+                                });
+                            }
+                            // Kept or dropped, an unknown macro in the authority would still
+                            // change where the postback goes.
+                            _ if authority_end.is_some_and(|end| at < end) => {
+                                return Err(TemplateError::MacroInAuthority {
+                                    name: name.to_owned(),
+                                    at,
                                 });
                             }
                             UnknownMacroPolicy::Empty => {
@@ -430,7 +450,7 @@ impl Template {
         t.segs = segs.into_boxed_slice();
         if context == Context::Url {
             t.check_sample_url()?;
-            if t.source.starts_with("http://") {
+            if t.is_plain_http() {
                 lints.push(Lint::PlainHttp);
             }
             let mut sample = String::new();
@@ -552,6 +572,15 @@ impl Template {
             if let Some(v) = values.value(seg.mac) {
                 self.write_value(out, v, seg)?;
             }
+            if seg.flags & DOT_CHECK != 0 {
+                // Values never hold a raw `/`, so the segment starts after the last one.
+                let seg_start = out.rfind('/').map_or(0, |i| i + 1);
+                let rest = &lits[end..];
+                let tail = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+                if is_dot_segment(&out[seg_start..], tail) {
+                    return Err(ExpandError::DotSegment(self.macro_name(seg.mac)));
+                }
+            }
             let empty = out.len() == before;
             if empty && self.options.empty == EmptyPolicy::Refuse {
                 return Err(ExpandError::Missing(self.macro_name(seg.mac)));
@@ -583,7 +612,7 @@ impl Template {
         if m == Macro::CURRENCY {
             let c = match v {
                 Value::Currency(c) => c,
-                Value::Text(s) if s.is_empty() => return Ok(()),
+                Value::Text("") => return Ok(()),
                 Value::Text(s) => Currency::new(s)?,
                 Value::Encoded(e) => Currency::new(e.as_str())?,
                 _ => {
@@ -619,18 +648,8 @@ impl Template {
             return Ok(());
         }
         match v {
-            Value::Text(s) => {
-                if seg.flags & WHOLE_SEGMENT != 0 && matches!(s, "." | "..") {
-                    return Err(ExpandError::DotSegment(self.macro_name(m)));
-                }
-                encode::encode_into(out, s, seg.pos);
-            }
-            Value::Encoded(e) => {
-                if seg.flags & WHOLE_SEGMENT != 0 && matches!(e.as_str(), "." | "..") {
-                    return Err(ExpandError::DotSegment(self.macro_name(m)));
-                }
-                out.push_str(e.as_str());
-            }
+            Value::Text(s) => encode::encode_into(out, s, seg.pos),
+            Value::Encoded(e) => out.push_str(e.as_str()),
             Value::Int(n) => Amount::new(n, 0).write_to(out),
             Value::Amount(a) => a.write_to(out),
             Value::Currency(c) => out.push_str(c.as_str()),
@@ -678,14 +697,26 @@ impl Template {
             at: u.at,
             close: from.delimiters().1,
         })?;
-        let catalog = self.catalog();
+        let mut catalog = self.catalog();
+        // Exactly this template's click-id macros, so that the comparison below sees the same
+        // flags even when it was parsed with a catalogue of its own.
+        catalog.set_click_id_macros(
+            self.segs
+                .iter()
+                .filter(|s| s.flags & CLICK_ID != 0)
+                .map(|s| s.mac),
+        );
         let mut out = String::with_capacity(self.source.len() + 8);
         for t in tokens {
             match t {
                 Token::Lit(s) => out.push_str(s),
                 Token::Macro { name, raw, .. } => {
                     let canonical = from.canonical_name(name);
-                    if catalog.lookup(&canonical).is_some() {
+                    // An unknown macro expanded to nothing stays a macro; one kept as text stays
+                    // that text.
+                    if catalog.lookup(&canonical).is_some()
+                        || self.options.unknown == UnknownMacroPolicy::Empty
+                    {
                         to.write_token(&canonical, &mut out);
                     } else {
                         out.push_str(raw);
@@ -759,7 +790,12 @@ fn compile_url(
     };
     let Some(sep) = first.find("://") else {
         return Err(match first.split_once(':') {
-            Some((scheme, _)) if !scheme.is_empty() && !scheme.contains(['/', '?', '.']) => {
+            Some((scheme, _))
+                if !scheme.is_empty()
+                    && !scheme.contains(['/', '?', '.'])
+                    && !scheme.eq_ignore_ascii_case("http")
+                    && !scheme.eq_ignore_ascii_case("https") =>
+            {
                 TemplateError::Scheme(scheme.to_ascii_lowercase())
             }
             _ => TemplateError::NotAbsolute,
@@ -885,24 +921,33 @@ fn compile_url(
     {
         b.lits.push('/');
     }
-    for (k, p) in path.iter().enumerate() {
+    for p in &path {
         match p {
             Piece::Lit(s) => encode::normalize_literal(&mut b.lits, s),
-            Piece::Mac { mac, .. } => {
-                let before_slash = b.lits.ends_with('/');
-                let after_slash = match path.get(k + 1) {
-                    None => true,
-                    Some(Piece::Lit(s)) => s.starts_with('/'),
-                    Some(Piece::Mac { .. }) => false,
-                };
-                let whole = if before_slash && after_slash {
-                    WHOLE_SEGMENT
-                } else {
-                    0
-                };
-                b.mac(*mac, Position::PathSegment, whole);
-            }
+            Piece::Mac { mac, .. } => b.mac(*mac, Position::PathSegment, 0),
         }
+    }
+    // A segment whose literal text is only dots (or nothing) could become `.` or `..` with the
+    // values of its macros: mark its last macro for a check at expansion. Macros add nothing to
+    // `lits`, so the macros of one segment share its literal span.
+    let path_end = b.lits.len();
+    let mut k = 0;
+    while k < b.segs.len() {
+        let at = b.segs[k].lit_end as usize;
+        let start = b.lits[..at].rfind('/').map_or(0, |i| i + 1);
+        let end = b.lits[at..path_end].find('/').map_or(path_end, |i| at + i);
+        let mut last = k;
+        while b
+            .segs
+            .get(last + 1)
+            .is_some_and(|s| (s.lit_end as usize) <= end)
+        {
+            last += 1;
+        }
+        if only_dots(&b.lits[start..end]) {
+            b.segs[last].flags |= DOT_CHECK;
+        }
+        k = last + 1;
     }
     if has_query {
         b.lits.push('?');
@@ -920,8 +965,43 @@ fn compile_url(
     Ok((b.lits, b.segs))
 }
 
+/// Whether `head` followed by `tail` is a `.` or `..` path segment, escaped forms included.
+fn is_dot_segment(head: &str, tail: &str) -> bool {
+    let len = head.len() + tail.len();
+    if len > 6 {
+        return false;
+    }
+    let mut buf = [0u8; 6];
+    buf[..head.len()].copy_from_slice(head.as_bytes());
+    buf[head.len()..len].copy_from_slice(tail.as_bytes());
+    let s = &buf[..len];
+    let dot = |b: &[u8]| b == b"." || b.eq_ignore_ascii_case(b"%2e");
+    dot(s) || (1..s.len()).any(|i| dot(&s[..i]) && dot(&s[i..]))
+}
+
+/// Whether `s` holds nothing but dots (plain or escaped as `%2e`).
+fn only_dots(s: &str) -> bool {
+    let mut b = s.as_bytes();
+    while !b.is_empty() {
+        if b[0] == b'.' {
+            b = &b[1..];
+        } else if b.len() >= 3 && b[..3].eq_ignore_ascii_case(b"%2e") {
+            b = &b[3..];
+        } else {
+            return false;
+        }
+    }
+    true
+}
+
 /// `scheme://host[:port]`, lower-cased, IDN hosts in punycode, default ports dropped.
 fn normalize_origin(prefix: &str) -> Result<String, TemplateError> {
+    // The URL parser reads `\` as `/`: the text after it would be a path, and dropped here.
+    if prefix.contains('\\') {
+        return Err(TemplateError::InvalidUrl(
+            "a backslash in the host: start the path with `/`".to_owned(),
+        ));
+    }
     let u = url::Url::parse(prefix).map_err(|e| match e {
         url::ParseError::RelativeUrlWithoutBase => TemplateError::NotAbsolute,
         e => TemplateError::InvalidUrl(e.to_string()),
@@ -932,6 +1012,11 @@ fn normalize_origin(prefix: &str) -> Result<String, TemplateError> {
     }
     if !u.username().is_empty() || u.password().is_some() {
         return Err(TemplateError::UserInfo);
+    }
+    if u.path() != "/" || u.query().is_some() || u.fragment().is_some() {
+        return Err(TemplateError::InvalidUrl(format!(
+            "`{prefix}` is more than a scheme, host and port"
+        )));
     }
     let host = u
         .host_str()
