@@ -1,91 +1,243 @@
-//! The main example: postbacks at the three levels, resolved for conversions, an event and a CPC
-//! click, with what fires and why, and the exact URLs each would send.
+//! The main example: a full flow against a real HTTP receiver on 127.0.0.1.
+//!
+//! Postbacks at the three levels (plus an event, a CPC and a pixel postback) fire through the
+//! engine and a real HTTP client (the `ureq` adapter); the partner's endpoint prints what it
+//! received. Then a partner endpoint that keeps failing is retried on a compressed schedule until
+//! the postback is disabled after 25 attempts and the manager notified; its debug info is shown;
+//! the endpoint is fixed, the postback re-enabled, and the held deliveries replayed.
 //!
 //! Run: `cargo run --example quickstart`
 
-use postback::model::{EventId, Kind, Level, OfferId, PartnerId, Postback, PostbackId};
+// Examples may read the clock; the library may not (see clippy.toml).
+#![allow(clippy::disallowed_methods)]
+
+#[allow(dead_code)]
+#[path = "adapters/clock.rs"]
+mod clock;
+#[allow(dead_code)]
+#[path = "adapters/receiver.rs"]
+mod receiver;
+#[allow(dead_code)]
+#[path = "adapters/ureq_transport.rs"]
+mod ureq_transport;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use postback::access::{Actor, Settings};
+use postback::delivery::{DisablePolicy, RetryPolicy};
+use postback::engine::{Engine, EngineConfig, Event};
+use postback::model::{EventId, Kind, ManagerId, Method, OfferId, PartnerId, Postback, PostbackId};
 use postback::registry::{Registry, Trigger};
 use postback::template::{Amount, Currency, Macro, ValueMap};
+use postback::transport::{Clock, NetPolicy, run_blocking};
+
+use clock::SystemClock;
+use receiver::{Receiver, Response};
+use ureq_transport::UreqTransport;
+
+const MANAGER: Actor = Actor::Network(ManagerId::new(1));
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let partner = PartnerId::new(7);
-    let other_partner = PartnerId::new(8);
-    let offer = OfferId::new(42);
-    let other_offer = OfferId::new(43);
-    let deposit = EventId::new(3);
-
-    let mut registry = Registry::new();
-    // Partner 7, every offer.
-    registry.insert(
-        Postback::builder(PostbackId::new(1))
-            .partner(partner)
-            .url("https://tracker.partner.example/postback?cid={sub1}&payout={payout}&currency={currency}")
-            .description("partner 7, all offers")
-            .build()?,
-    )?;
-    // Offer 42, every partner (the network's).
-    registry.insert(
-        Postback::builder(PostbackId::new(2))
-            .offer(offer)
-            .url("https://tracker.partner.example/offer42?clickid={sub1}&txid={transaction_id}")
-            .description("offer 42, all partners")
-            .build()?,
-    )?;
-    // Partner 7 on offer 42: overrides both.
-    registry.insert(
-        Postback::builder(PostbackId::new(3))
-            .partner(partner)
-            .offer(offer)
-            .url("https://tracker.partner.example/specific?cid={sub1}&sum={payout}&cur={currency}")
-            .description("partner 7 on offer 42")
-            .build()?,
-    )?;
-    // An event postback for deposits, and a CPC postback (Specific and S2S chosen for us).
-    registry.insert(
-        Postback::builder(PostbackId::new(4))
-            .partner(partner)
-            .kind(Kind::event(deposit))
-            .url("https://tracker.partner.example/event?cid={sub1}&event={event_name}")
-            .build()?,
-    )?;
-    let cpc = Postback::builder(PostbackId::new(5))
-        .partner(partner)
-        .offer(other_offer)
-        .kind(Kind::Cpc)
-        .url("https://tracker.partner.example/click?cid={sub1}")
-        .build()?;
-    assert_eq!(cpc.level(), Level::Specific);
-    registry.insert(cpc)?;
-
-    let values = ValueMap::new()
-        .with(Macro::SUB1, "partner click #1 & more")
-        .with(Macro::TRANSACTION_ID, "102a3f9c")
-        .with(Macro::PAYOUT, Amount::new(1250, 2))
-        .with(Macro::CURRENCY, Currency::new("EUR")?)
-        .with(Macro::EVENT_NAME, "first deposit");
-
-    let triggers = [
-        Trigger::conversion(partner, offer),
-        Trigger::conversion(partner, other_offer),
-        Trigger::conversion(other_partner, offer),
-        Trigger::event(partner, offer, deposit),
-        Trigger::cpc_click(partner, other_offer),
-    ];
-    for trigger in &triggers {
-        let resolution = registry.resolve(trigger);
-        println!("{resolution}");
-        for id in resolution.firing() {
-            let pb = registry.get(id).expect("resolved from the registry");
-            println!("    -> {}", pb.template().expand(&values)?);
+    let start = std::time::Instant::now();
+    // The partner's tracker: answers 200, except the "broken" endpoint, which fails with 500
+    // until it is fixed.
+    let fixed = Arc::new(AtomicBool::new(false));
+    let fixed_in_server = Arc::clone(&fixed);
+    let partner = Receiver::start(move |req, _| {
+        if req.path().starts_with("/broken") && !fixed_in_server.load(Ordering::SeqCst) {
+            Response::status(500).body("database is down")
+        } else {
+            Response::ok().body("OK")
         }
-        println!();
+    });
+    println!("== partner's tracker listening on {}", partner.addr());
+
+    // Compressed: the 25-attempt schedule spreads over ~67 h in production; here ~2.4 s.
+    let config = EngineConfig::default()
+        .retry(RetryPolicy::compressed(100_000))
+        .disable(DisablePolicy::PerDelivery { failures: 25 })
+        .access(Settings::partners_may_edit(true))
+        .net(NetPolicy::default().allow_loopback()) // production: never allow loopback
+        .idempotency_header("Idempotency-Key");
+    let mut engine = Engine::new(config, Registry::new());
+    let clock = SystemClock;
+    let transport = UreqTransport::new(NetPolicy::default().allow_loopback(), Duration::from_secs(5));
+
+    let (p7, p8, p9) = (PartnerId::new(7), PartnerId::new(8), PartnerId::new(9));
+    let (o42, o43) = (OfferId::new(42), OfferId::new(43));
+    let deposit = EventId::new(3);
+    let url = |path: &str| partner.url(path);
+
+    println!("\n== configuring postbacks");
+    let postbacks = [
+        Postback::builder(PostbackId::new(1))
+            .partner(p7)
+            .url(url("/p7/all?cid={sub1}&payout={payout}&currency={currency}"))
+            .description("partner 7, every offer"),
+        Postback::builder(PostbackId::new(2))
+            .offer(o42)
+            .url(url("/o42/all?clickid={sub1}&txid={transaction_id}"))
+            .description("offer 42, every partner"),
+        Postback::builder(PostbackId::new(3))
+            .partner(p7)
+            .offer(o42)
+            .url(url("/p7/o42?cid={sub1}&sum={payout}&cur={currency}&did={delivery_id}"))
+            .description("partner 7 on offer 42"),
+        Postback::builder(PostbackId::new(4))
+            .partner(p7)
+            .kind(Kind::event(deposit))
+            .url(url("/p7/event?cid={sub1}&event={event_name}"))
+            .description("partner 7, deposits"),
+        Postback::builder(PostbackId::new(5))
+            .partner(p7)
+            .offer(o43)
+            .kind(Kind::Cpc)
+            .url(url("/p7/cpc?cid={sub1}"))
+            .description("partner 7, paid clicks on offer 43 (level and method chosen for CPC)"),
+        Postback::builder(PostbackId::new(6))
+            .partner(p8)
+            .offer(o43)
+            .method(Method::ImagePixel)
+            .url(url("/p8/pixel?cid={sub1}&p={payout}"))
+            .description("partner 8 on offer 43, an image pixel"),
+        Postback::builder(PostbackId::new(7))
+            .partner(p9)
+            .url(url("/broken?cid={sub1}&payout={payout}"))
+            .description("partner 9, whose server is failing"),
+    ];
+    for b in postbacks {
+        let pb = b.build()?;
+        println!("  postback {} ({}, {}): {}", pb.id(), pb.level(), pb.method(), pb.description());
+        let actor = match pb.partner() {
+            Some(p) => Actor::Partner(p), // partners configure their own postbacks
+            None => MANAGER,              // offer-global ones are the network's
+        };
+        engine.create(now(&clock), actor, pb)?;
     }
 
-    // Pausing the specific postback lets the offer-global one serve.
-    registry.disable(PostbackId::new(3))?;
+    let values = |click: &str| {
+        ValueMap::new()
+            .with(Macro::SUB1, click)
+            .with(Macro::TRANSACTION_ID, "102a3f9c")
+            .with(Macro::PAYOUT, Amount::new(1250, 2))
+            .with(Macro::CURRENCY, Currency::new("EUR").expect("an ISO code"))
+            .with(Macro::EVENT_NAME, "first deposit")
+    };
+
+    println!("\n== firing conversions, an event and a CPC click");
+    let triggers = [
+        (Trigger::conversion(p7, o42), "p7 click #1 & more"),
+        (Trigger::conversion(p7, o43), "p7-click-2"),
+        (Trigger::conversion(p8, o42), "p8 click é"),
+        (Trigger::event(p7, o42, deposit), "p7-click-3"),
+        (Trigger::cpc_click(p7, o43), "p7-click-4"),
+        (Trigger::conversion(p8, o43), "p8-click-5"),
+    ];
+    for (trigger, click) in &triggers {
+        let fired = engine.handle_trigger(now(&clock), trigger, &values(click));
+        println!("{}", fired.resolution);
+        for pixel in &fired.pixels {
+            println!("    pixel for the page: {}", pixel.html);
+        }
+        for (pb, err) in &fired.errors {
+            println!("    postback {pb} could not fire: {err}");
+        }
+    }
+    let deadline = now(&clock) + chrono::Duration::seconds(30);
+    run_blocking(&mut engine, &transport, &clock, deadline, |e| print_event(&e));
+    println!("\n== what the partner's tracker received");
+    for r in partner.requests() {
+        let key = r.header("idempotency-key").unwrap_or("-");
+        println!("  {} {}   (Idempotency-Key: {key})", r.method, r.target_str());
+    }
+
+    println!("\n== partner 9's server fails: retried on the schedule until the postback is disabled");
+    let before = partner.count();
+    for (offer, click) in [(o43, "p9-click-1"), (OfferId::new(44), "p9-click-2")] {
+        let fired = engine.handle_trigger(now(&clock), &Trigger::conversion(p9, offer), &values(click));
+        print!("{}", fired.resolution);
+        println!();
+    }
+    let deadline = now(&clock) + chrono::Duration::seconds(60);
+    let mut debug_info = Vec::new();
+    run_blocking(&mut engine, &transport, &clock, deadline, |e| {
+        if let Event::NotifyNetworkManager { attempts, .. } = &e {
+            debug_info.clone_from(attempts);
+        }
+        print_event(&e);
+    });
+    println!("  partner 9's endpoint was called {} times", partner.count() - before);
+    let pb7 = engine.registry().get(PostbackId::new(7)).expect("configured above");
+    println!("  postback 7 status: {:?}", pb7.status());
+    println!("  held deliveries: {}", engine.deliveries_of(PostbackId::new(7)).count());
+
+    println!("\n== debug info of the delivery that exhausted its attempts");
+    println!("  {:>3}  {:>9}  {:>6}  {:<8}  {}", "#", "at (ms)", "status", "failure", "url");
+    let first = debug_info.first().map(|a| a.at);
+    for a in &debug_info {
+        let ms = first.map_or(0, |f| (a.at - f).num_milliseconds());
+        let status = a.status.map_or("-".to_owned(), |s| s.to_string());
+        let failure = a.failure.map_or("-".to_owned(), |f| f.to_string());
+        println!("  {:>3}  {:>9}  {:>6}  {:<8}  {}", a.number, ms, status, failure, a.url);
+    }
+    if let Some(a) = debug_info.last() {
+        println!("  last response body: {:?}", a.body);
+    }
+
+    println!("\n== partner 9 fixes its server; the network manager re-enables the postback");
+    fixed.store(true, Ordering::SeqCst);
+    let before = partner.count();
+    engine.enable(now(&clock), MANAGER, PostbackId::new(7))?;
+    let deadline = now(&clock) + chrono::Duration::seconds(30);
+    run_blocking(&mut engine, &transport, &clock, deadline, |e| print_event(&e));
+    for r in partner.requests().iter().skip(before) {
+        println!("  received {} {}", r.method, r.target_str());
+    }
     println!(
-        "after pausing postback 3:\n{}",
-        registry.resolve(&triggers[0])
+        "  postback 7 status: {:?}; deliveries left: {}",
+        engine.registry().get(PostbackId::new(7)).map(|p| p.status().clone()),
+        engine.deliveries().count()
     );
+    println!("\ndone in {:.1} s", start.elapsed().as_secs_f64());
     Ok(())
+}
+
+fn now(clock: &SystemClock) -> DateTime<Utc> {
+    clock.now()
+}
+
+fn print_event(e: &Event) {
+    match e {
+        Event::Delivered { record } => println!(
+            "  delivered: delivery {} of postback {} after {} attempt(s){}",
+            record.id(),
+            record.postback(),
+            record.attempts().len(),
+            if record.is_hidden_from_reports() { " (CPC: not shown in reports)" } else { "" }
+        ),
+        Event::RetryScheduled { delivery, failure, at, .. } => {
+            println!("  delivery {delivery}: {failure}, retry at {}", at.format("%H:%M:%S%.3f"))
+        }
+        Event::GaveUp { record } => {
+            println!("  gave up: delivery {} ({:?})", record.id(), record.state())
+        }
+        Event::Held { delivery, postback } => {
+            println!("  held: delivery {delivery} of postback {postback} (kept until re-enabled)")
+        }
+        Event::PostbackDisabled { postback, reason, .. } => {
+            println!("  POSTBACK {postback} DISABLED: {reason}")
+        }
+        Event::NotifyNetworkManager { postback, partner, attempts, .. } => println!(
+            "  notify the network manager: postback {postback} of partner {} disabled ({} attempts recorded)",
+            partner.map_or("-".to_owned(), |p| p.to_string()),
+            attempts.len()
+        ),
+        Event::Reenabled { postback, replayed, .. } => {
+            println!("  postback {postback} re-enabled: {replayed} held deliveries replayed")
+        }
+        other => println!("  {other:?}"),
+    }
 }

@@ -138,7 +138,7 @@ impl Default for RetryPolicy {
             max_attempts: 25,
             schedule: DEFAULT_SCHEDULE.to_vec(),
             jitter_percent: 20,
-            jitter_seed: 0x5EED_0FBA_C4,
+            jitter_seed: 0x005E_ED0F_BAC4,
             max_delay: Duration::from_secs(12 * 3600),
             retry_after_cap: Duration::from_secs(6 * 3600),
             max_local_refusals: 25,
