@@ -64,7 +64,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .idempotency_header("Idempotency-Key");
     let mut engine = Engine::new(config, Registry::new());
     let clock = SystemClock;
-    let transport = UreqTransport::new(NetPolicy::default().allow_loopback(), Duration::from_secs(5));
+    let transport = UreqTransport::new(
+        NetPolicy::default().allow_loopback(),
+        Duration::from_secs(5),
+    );
 
     let (p7, p8, p9) = (PartnerId::new(7), PartnerId::new(8), PartnerId::new(9));
     let (o42, o43) = (OfferId::new(42), OfferId::new(43));
@@ -75,7 +78,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let postbacks = [
         Postback::builder(PostbackId::new(1))
             .partner(p7)
-            .url(url("/p7/all?cid={sub1}&payout={payout}&currency={currency}"))
+            .url(url(
+                "/p7/all?cid={sub1}&payout={payout}&currency={currency}",
+            ))
             .description("partner 7, every offer"),
         Postback::builder(PostbackId::new(2))
             .offer(o42)
@@ -84,7 +89,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Postback::builder(PostbackId::new(3))
             .partner(p7)
             .offer(o42)
-            .url(url("/p7/o42?cid={sub1}&sum={payout}&cur={currency}&did={delivery_id}"))
+            .url(url(
+                "/p7/o42?cid={sub1}&sum={payout}&cur={currency}&did={delivery_id}",
+            ))
             .description("partner 7 on offer 42"),
         Postback::builder(PostbackId::new(4))
             .partner(p7)
@@ -110,7 +117,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     ];
     for b in postbacks {
         let pb = b.build()?;
-        println!("  postback {} ({}, {}): {}", pb.id(), pb.level(), pb.method(), pb.description());
+        println!(
+            "  postback {} ({}, {}): {}",
+            pb.id(),
+            pb.level(),
+            pb.method(),
+            pb.description()
+        );
         let actor = match pb.partner() {
             Some(p) => Actor::Partner(p), // partners configure their own postbacks
             None => MANAGER,              // offer-global ones are the network's
@@ -147,17 +160,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let deadline = now(&clock) + chrono::Duration::seconds(30);
-    run_blocking(&mut engine, &transport, &clock, deadline, |e| print_event(&e));
+    run_blocking(&mut engine, &transport, &clock, deadline, |e| {
+        print_event(&e)
+    });
     println!("\n== what the partner's tracker received");
     for r in partner.requests() {
         let key = r.header("idempotency-key").unwrap_or("-");
-        println!("  {} {}   (Idempotency-Key: {key})", r.method, r.target_str());
+        println!(
+            "  {} {}   (Idempotency-Key: {key})",
+            r.method,
+            r.target_str()
+        );
     }
 
-    println!("\n== partner 9's server fails: retried on the schedule until the postback is disabled");
+    println!(
+        "\n== partner 9's server fails: retried on the schedule until the postback is disabled"
+    );
     let before = partner.count();
     for (offer, click) in [(o43, "p9-click-1"), (OfferId::new(44), "p9-click-2")] {
-        let fired = engine.handle_trigger(now(&clock), &Trigger::conversion(p9, offer), &values(click));
+        let fired =
+            engine.handle_trigger(now(&clock), &Trigger::conversion(p9, offer), &values(click));
         print!("{}", fired.resolution);
         println!();
     }
@@ -169,19 +191,34 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         print_event(&e);
     });
-    println!("  partner 9's endpoint was called {} times", partner.count() - before);
-    let pb7 = engine.registry().get(PostbackId::new(7)).expect("configured above");
+    println!(
+        "  partner 9's endpoint was called {} times",
+        partner.count() - before
+    );
+    let pb7 = engine
+        .registry()
+        .get(PostbackId::new(7))
+        .expect("configured above");
     println!("  postback 7 status: {:?}", pb7.status());
-    println!("  held deliveries: {}", engine.deliveries_of(PostbackId::new(7)).count());
+    println!(
+        "  held deliveries: {}",
+        engine.deliveries_of(PostbackId::new(7)).count()
+    );
 
     println!("\n== debug info of the delivery that exhausted its attempts");
-    println!("  {:>3}  {:>9}  {:>6}  {:<8}  {}", "#", "at (ms)", "status", "failure", "url");
+    println!(
+        "  {:>3}  {:>9}  {:>6}  {:<8}  {}",
+        "#", "at (ms)", "status", "failure", "url"
+    );
     let first = debug_info.first().map(|a| a.at);
     for a in &debug_info {
         let ms = first.map_or(0, |f| (a.at - f).num_milliseconds());
         let status = a.status.map_or("-".to_owned(), |s| s.to_string());
         let failure = a.failure.map_or("-".to_owned(), |f| f.to_string());
-        println!("  {:>3}  {:>9}  {:>6}  {:<8}  {}", a.number, ms, status, failure, a.url);
+        println!(
+            "  {:>3}  {:>9}  {:>6}  {:<8}  {}",
+            a.number, ms, status, failure, a.url
+        );
     }
     if let Some(a) = debug_info.last() {
         println!("  last response body: {:?}", a.body);
@@ -192,13 +229,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let before = partner.count();
     engine.enable(now(&clock), MANAGER, PostbackId::new(7))?;
     let deadline = now(&clock) + chrono::Duration::seconds(30);
-    run_blocking(&mut engine, &transport, &clock, deadline, |e| print_event(&e));
+    run_blocking(&mut engine, &transport, &clock, deadline, |e| {
+        print_event(&e)
+    });
     for r in partner.requests().iter().skip(before) {
         println!("  received {} {}", r.method, r.target_str());
     }
     println!(
         "  postback 7 status: {:?}; deliveries left: {}",
-        engine.registry().get(PostbackId::new(7)).map(|p| p.status().clone()),
+        engine
+            .registry()
+            .get(PostbackId::new(7))
+            .map(|p| p.status().clone()),
         engine.deliveries().count()
     );
     println!("\ndone in {:.1} s", start.elapsed().as_secs_f64());
@@ -216,10 +258,22 @@ fn print_event(e: &Event) {
             record.id(),
             record.postback(),
             record.attempts().len(),
-            if record.is_hidden_from_reports() { " (CPC: not shown in reports)" } else { "" }
+            if record.is_hidden_from_reports() {
+                " (CPC: not shown in reports)"
+            } else {
+                ""
+            }
         ),
-        Event::RetryScheduled { delivery, failure, at, .. } => {
-            println!("  delivery {delivery}: {failure}, retry at {}", at.format("%H:%M:%S%.3f"))
+        Event::RetryScheduled {
+            delivery,
+            failure,
+            at,
+            ..
+        } => {
+            println!(
+                "  delivery {delivery}: {failure}, retry at {}",
+                at.format("%H:%M:%S%.3f")
+            )
         }
         Event::GaveUp { record } => {
             println!("  gave up: delivery {} ({:?})", record.id(), record.state())
@@ -227,15 +281,24 @@ fn print_event(e: &Event) {
         Event::Held { delivery, postback } => {
             println!("  held: delivery {delivery} of postback {postback} (kept until re-enabled)")
         }
-        Event::PostbackDisabled { postback, reason, .. } => {
+        Event::PostbackDisabled {
+            postback, reason, ..
+        } => {
             println!("  POSTBACK {postback} DISABLED: {reason}")
         }
-        Event::NotifyNetworkManager { postback, partner, attempts, .. } => println!(
+        Event::NotifyNetworkManager {
+            postback,
+            partner,
+            attempts,
+            ..
+        } => println!(
             "  notify the network manager: postback {postback} of partner {} disabled ({} attempts recorded)",
             partner.map_or("-".to_owned(), |p| p.to_string()),
             attempts.len()
         ),
-        Event::Reenabled { postback, replayed, .. } => {
+        Event::Reenabled {
+            postback, replayed, ..
+        } => {
             println!("  postback {postback} re-enabled: {replayed} held deliveries replayed")
         }
         other => println!("  {other:?}"),

@@ -337,6 +337,16 @@ impl Engine {
             .filter_map(|id| self.deliveries.get(id))
     }
 
+    /// Ids of a postback's unfinished deliveries, copied so the caller may change them.
+    fn delivery_ids_of(&self, postback: PostbackId) -> Vec<DeliveryId> {
+        self.by_postback
+            .get(&postback)
+            .into_iter()
+            .flatten()
+            .copied()
+            .collect()
+    }
+
     /// A postback's health.
     pub fn health(&self, postback: PostbackId) -> Option<&Health> {
         self.health.get(&postback)
@@ -675,13 +685,7 @@ impl Engine {
     /// Hold every scheduled delivery of a postback (in-flight ones are held when their result
     /// comes back as a failure).
     fn hold_all(&mut self, pid: PostbackId) {
-        let ids: Vec<DeliveryId> = self
-            .by_postback
-            .get(&pid)
-            .into_iter()
-            .flatten()
-            .copied()
-            .collect();
+        let ids = self.delivery_ids_of(pid);
         for id in ids {
             if matches!(
                 self.deliveries.get(&id).map(Delivery::state),
@@ -793,13 +797,7 @@ impl Engine {
     }
 
     fn replay(&mut self, now: DateTime<Utc>, id: PostbackId) -> usize {
-        let ids: Vec<DeliveryId> = self
-            .by_postback
-            .get(&id)
-            .into_iter()
-            .flatten()
-            .copied()
-            .collect();
+        let ids = self.delivery_ids_of(id);
         let mut n = 0;
         for did in ids {
             if let Some(d) = self.deliveries.get_mut(&did) {
@@ -837,13 +835,7 @@ impl Engine {
         let entry = self
             .gatekeeper()
             .delete(&mut self.registry, actor, now, id)?;
-        let ids: Vec<DeliveryId> = self
-            .by_postback
-            .get(&id)
-            .into_iter()
-            .flatten()
-            .copied()
-            .collect();
+        let ids = self.delivery_ids_of(id);
         for did in ids {
             if let Some(mut d) = self.finish(did) {
                 d.abandon(now);

@@ -13,7 +13,8 @@
 //!   [`Failure::Timeout`].
 //! - **Resolve, check, then connect to the checked address.** Resolve the host, refuse with
 //!   [`Failure::Forbidden`] if any resolved address fails [`NetPolicy::is_forbidden`], and connect
-//!   only to an address that passed, so DNS rebinding has no window.
+//!   only to an address that passed, so DNS rebinding has no window. Check IP-literal hosts too:
+//!   some clients (reqwest) skip their resolver for them.
 //! - Classify errors honestly: connection refused is [`Failure::Connect`], a resolution failure
 //!   [`Failure::Dns`], and only your own mistakes are [`Failure::Local`] (which never count).
 
