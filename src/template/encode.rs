@@ -1,6 +1,10 @@
 //! Percent-encoding sets by position, and the HTML escaping used for pixels.
 
-use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
+use std::sync::LazyLock;
+
+use percent_encoding::{
+    AsciiSet, CONTROLS, percent_encode, percent_encode_byte, utf8_percent_encode,
+};
 
 /// WHATWG query set: what a browser encodes in a query.
 const QUERY: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'#').add(b'<').add(b'>');
@@ -59,21 +63,59 @@ impl Position {
             Position::Strict => STRICT,
         }
     }
+
+    /// This position's bit in [`ESCAPE`].
+    #[inline]
+    fn bit(self) -> u8 {
+        match self {
+            Position::Component => 1,
+            Position::PathSegment => 2,
+            Position::Strict => 4,
+        }
+    }
 }
+
+/// For every byte, a bit per [`Position`] set when the byte is percent-encoded there. Built once
+/// from the sets above, so it cannot drift from them: one load and one test per byte in the hot
+/// loop instead of `percent_encoding`'s per-chunk iterator.
+static ESCAPE: LazyLock<[u8; 256]> = LazyLock::new(|| {
+    let mut t = [0u8; 256];
+    for (b, bits) in (0u8..=255).zip(t.iter_mut()) {
+        for pos in [Position::Component, Position::PathSegment, Position::Strict] {
+            // An encoded byte comes out as `%XX`, any other as itself.
+            if percent_encode(&[b], pos.set())
+                .next()
+                .is_some_and(|c| c.len() == 3)
+            {
+                *bits |= pos.bit();
+            }
+        }
+    }
+    t
+});
 
 /// Append `s` encoded for `pos`.
 #[inline]
 pub(crate) fn encode_into(out: &mut String, s: &str, pos: Position) {
-    let set = pos.set();
-    // Most values (ids, numbers) need nothing: one scan, one copy.
-    if s.bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
-    {
-        out.push_str(s);
-        return;
+    let table: &[u8; 256] = &ESCAPE;
+    let bit = pos.bit();
+    let bytes = s.as_bytes();
+    // One pass: runs that need nothing are copied whole. A run starts after an encoded byte and
+    // ends before one, at ASCII bytes (every non-ASCII byte is encoded), so both ends are char
+    // boundaries.
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if table[usize::from(b)] & bit != 0 {
+            if start < i {
+                out.push_str(&s[start..i]);
+            }
+            out.push_str(percent_encode_byte(b));
+            start = i + 1;
+        }
     }
-    for chunk in utf8_percent_encode(s, set) {
-        out.push_str(chunk);
+    // Most values (ids, numbers) need nothing and are copied in one piece here.
+    if start < bytes.len() {
+        out.push_str(&s[start..]);
     }
 }
 
@@ -122,6 +164,34 @@ mod tests {
         let mut o = String::new();
         encode_into(&mut o, s, p);
         o
+    }
+
+    #[test]
+    fn table_encoder_matches_percent_encoding() {
+        let mut samples: Vec<String> = (0u8..0x80).map(|b| char::from(b).to_string()).collect();
+        samples.extend(
+            [
+                "",
+                "abc",
+                "a b&c=d",
+                "€",
+                "x€y",
+                "é%zz",
+                "Ünïcödé 日本",
+                "%%",
+                "a\u{7f}b\u{0}",
+            ]
+            .map(String::from),
+        );
+        let all: String = samples.concat();
+        samples.push(all.clone());
+        samples.push(all.chars().rev().collect());
+        for s in &samples {
+            for pos in [Position::Component, Position::PathSegment, Position::Strict] {
+                let expected: String = utf8_percent_encode(s, pos.set()).collect();
+                assert_eq!(enc(s, pos), expected, "{s:?} at {pos:?}");
+            }
+        }
     }
 
     #[test]

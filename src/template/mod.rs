@@ -270,6 +270,10 @@ struct Seg {
 /// segment as expanded is not `.` or `..`.
 const DOT_CHECK: u8 = 1;
 const CLICK_ID: u8 = 2;
+/// The macro is `{currency}`: only ISO 4217 codes.
+const CURRENCY: u8 = 4;
+/// The macro is an amount of money: only plain decimals.
+const MONEY: u8 = 8;
 
 /// Which HTML element a pixel postback is rendered as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -570,7 +574,9 @@ impl Template {
             start = end;
             let before = out.len();
             if let Some(v) = values.value(seg.mac) {
-                self.write_value(out, v, seg)?;
+                if !Self::write_value(out, v, seg) {
+                    return Err(self.misfit(v, seg));
+                }
             }
             if seg.flags & DOT_CHECK != 0 {
                 // Values never hold a raw `/`, so the segment starts after the last one.
@@ -606,46 +612,36 @@ impl Template {
         Ok(())
     }
 
+    /// Write one value; `false` when it does not fit its macro (the caller builds the error on
+    /// the cold path, so the hot loop carries no large error type).
     #[inline]
-    fn write_value(&self, out: &mut String, v: Value<'_>, seg: &Seg) -> Result<(), ExpandError> {
-        let m = seg.mac;
-        if m == Macro::CURRENCY {
-            let c = match v {
+    fn write_value(out: &mut String, v: Value<'_>, seg: &Seg) -> bool {
+        if seg.flags & CURRENCY != 0 {
+            let code = match v {
                 Value::Currency(c) => c,
-                Value::Text("") => return Ok(()),
-                Value::Text(s) => Currency::new(s)?,
-                Value::Encoded(e) => Currency::new(e.as_str())?,
-                _ => {
-                    return Err(ExpandError::WrongKind {
-                        name: self.macro_name(m),
-                        expected: "an ISO 4217 currency code such as USD",
-                    });
-                }
+                Value::Text("") => return true,
+                Value::Text(s) | Value::Encoded(Encoded(s)) => match Currency::new(s) {
+                    Ok(c) => c,
+                    Err(_) => return false,
+                },
+                _ => return false,
             };
-            out.push_str(c.as_str());
-            return Ok(());
+            out.push_str(code.as_str());
+            return true;
         }
-        if m.is_money() {
+        if seg.flags & MONEY != 0 {
             match v {
                 Value::Amount(a) => a.write_to(out),
                 Value::Int(n) => Amount::new(n, 0).write_to(out),
                 Value::Text(s) | Value::Encoded(Encoded(s)) => {
-                    if !s.is_empty() {
-                        s.parse::<Amount>().map_err(|_| ExpandError::NotAnAmount {
-                            name: self.macro_name(m),
-                            value: s.to_owned(),
-                        })?;
-                        out.push_str(s);
+                    if !s.is_empty() && s.parse::<Amount>().is_err() {
+                        return false;
                     }
+                    out.push_str(s);
                 }
-                _ => {
-                    return Err(ExpandError::WrongKind {
-                        name: self.macro_name(m),
-                        expected: "an amount such as 12.50",
-                    });
-                }
+                _ => return false,
             }
-            return Ok(());
+            return true;
         }
         match v {
             Value::Text(s) => encode::encode_into(out, s, seg.pos),
@@ -655,7 +651,26 @@ impl Template {
             Value::Currency(c) => out.push_str(c.as_str()),
             Value::Time(t) => Amount::new(t.timestamp(), 0).write_to(out),
         }
-        Ok(())
+        true
+    }
+
+    /// Why `v` does not fit the macro of `seg`.
+    #[cold]
+    fn misfit(&self, v: Value<'_>, seg: &Seg) -> ExpandError {
+        let name = self.macro_name(seg.mac);
+        match v {
+            Value::Text(s) | Value::Encoded(Encoded(s)) if seg.flags & CURRENCY != 0 => {
+                ExpandError::Currency(CurrencyError(s.to_owned()))
+            }
+            Value::Text(s) | Value::Encoded(Encoded(s)) if seg.flags & MONEY != 0 => {
+                ExpandError::NotAnAmount { name, value: s.to_owned() }
+            }
+            _ if seg.flags & CURRENCY != 0 => ExpandError::WrongKind {
+                name,
+                expected: "an ISO 4217 currency code such as USD",
+            },
+            _ => ExpandError::WrongKind { name, expected: "an amount such as 12.50" },
+        }
     }
 
     /// Expand a URL template as an HTML pixel: the URL, attribute-escaped, inside an `<img>` or
@@ -1036,6 +1051,13 @@ struct Builder<'c> {
 
 impl Builder<'_> {
     fn mac(&mut self, mac: Macro, pos: Position, flags: u8) {
+        let kind = if mac == Macro::CURRENCY {
+            CURRENCY
+        } else if mac.is_money() {
+            MONEY
+        } else {
+            0
+        };
         let click = if self.catalog.is_click_id(mac) {
             CLICK_ID
         } else {
@@ -1045,7 +1067,7 @@ impl Builder<'_> {
             lit_end: self.lits.len() as u32,
             mac,
             pos,
-            flags: flags | click,
+            flags: flags | click | kind,
         });
     }
 

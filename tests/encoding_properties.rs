@@ -1,0 +1,287 @@
+//! Encoding properties (DESIGN.md, "Encoding"; REFERENCE.md sections 6 and 7): whatever the
+//! values, an expanded URL parses, keeps exactly the template's parameters in their order, and
+//! gives back every value exactly; pixels stay one closed tag; HTML code gains nothing but
+//! unreserved characters and percent escapes.
+
+use percent_encoding::{NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
+use postback::template::{
+    Amount, Currency, ExpandError, Macro, OwnedValue, Pixel, Template, ValueMap,
+};
+use proptest::prelude::*;
+
+/// Path `a{sub2}b` (part of a segment) and `{sub3}` (a whole one), a macro in a key, the currency
+/// written third (so it moves first), and a fragment.
+const URL: &str = "https://t.example/p/a{sub2}b/{sub3}/end?cid={sub1}&k{sub4}=v&cur={currency}&pay={payout}&t={sub5}#frag-{sub6}";
+
+/// The click-id macros of [`URL`] in expansion order (the currency parameter moved first).
+const CLICK_IDS: &str = "sub2, sub3, sub1, sub4, sub5, sub6";
+
+/// Characters that break naive encoders, and some that do not.
+fn nasty_char() -> impl Strategy<Value = char> {
+    prop_oneof![
+        6 => prop::sample::select(vec![
+            '&', '=', '#', '%', '+', '?', '/', '\\', '\n', '\r', '\t', ' ', '"', '\'', '<', '>',
+            '.', ';', ':', '@', '[', ']', '{', '}', '|', '^', '`', '$', ',', '!', '*', '(', ')',
+            '~', '-', '_', '\0', '\u{7f}',
+        ]),
+        2 => prop::char::range('a', 'z'),
+        1 => prop::sample::select(vec!['é', '€', '😀', '\u{200b}', '\u{fffd}', '\u{85}']),
+        1 => any::<char>(),
+    ]
+}
+
+/// Any Unicode text, weighted towards separators, escapes and markup.
+fn value() -> impl Strategy<Value = String> {
+    prop_oneof![
+        3 => prop::collection::vec(nasty_char(), 0..16).prop_map(String::from_iter),
+        1 => any::<String>(),
+        1 => prop::sample::select(vec![
+            "", ".", "..", "...", "%", "%2e", "%2E%2e", "%%", "%zz", "a&b=c", "&payout=999",
+            "#", "?x=1", "a+b", "\"><script>", "'", "..\\..\\etc",
+        ])
+        .prop_map(str::to_owned),
+    ]
+}
+
+fn amount() -> impl Strategy<Value = Amount> {
+    (any::<i64>(), 0u8..=14).prop_map(|(units, scale)| Amount::new(units, scale))
+}
+
+fn currency() -> impl Strategy<Value = Currency> {
+    "[A-Z]{3}".prop_map(|c| Currency::new(&c).unwrap())
+}
+
+/// The values of the six sub macros, the amount and the currency.
+#[derive(Debug, Clone)]
+struct Values {
+    subs: [String; 6],
+    payout: Amount,
+    currency: Currency,
+}
+
+fn values() -> impl Strategy<Value = Values> {
+    (
+        [value(), value(), value(), value(), value(), value()],
+        amount(),
+        currency(),
+    )
+        .prop_map(|(subs, payout, currency)| Values {
+            subs,
+            payout,
+            currency,
+        })
+}
+
+impl Values {
+    fn sub(&self, n: usize) -> &str {
+        &self.subs[n - 1]
+    }
+
+    fn map(&self) -> ValueMap {
+        let mut m = ValueMap::new()
+            .with(Macro::PAYOUT, self.payout)
+            .with(Macro::CURRENCY, self.currency);
+        for (i, s) in self.subs.iter().enumerate() {
+            m.set(Macro::sub(i as u8 + 1).unwrap(), s.as_str());
+        }
+        m
+    }
+
+    /// The error the template must give, if any.
+    fn expected_error(&self) -> Option<ExpandError> {
+        if matches!(self.sub(3), "." | "..") {
+            Some(ExpandError::DotSegment("sub3".to_owned()))
+        } else if self.subs.iter().all(String::is_empty) {
+            Some(ExpandError::NoClickId(CLICK_IDS.to_owned()))
+        } else {
+            None
+        }
+    }
+}
+
+fn decode(s: &str) -> String {
+    percent_decode_str(s).decode_utf8().unwrap().into_owned()
+}
+
+/// Check the URL expanded from [`URL`] against the values it was given.
+fn check_url(expanded: &str, v: &Values) -> Result<(), TestCaseError> {
+    let url = url::Url::parse(expanded).map_err(|e| TestCaseError::fail(format!("{e}")))?;
+    prop_assert!(http::Uri::try_from(expanded).is_ok(), "not an http::Uri");
+    prop_assert_eq!(url.host_str(), Some("t.example"));
+
+    let pairs: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+    let expected = vec![
+        ("cur".to_owned(), v.currency.to_string()),
+        ("cid".to_owned(), v.sub(1).to_owned()),
+        (format!("k{}", v.sub(4)), "v".to_owned()),
+        ("pay".to_owned(), v.payout.to_string()),
+        ("t".to_owned(), v.sub(5).to_owned()),
+    ];
+    prop_assert_eq!(pairs, expected);
+
+    let segments: Vec<String> = url.path_segments().unwrap().map(decode).collect();
+    let expected = vec![
+        "p".to_owned(),
+        format!("a{}b", v.sub(2)),
+        v.sub(3).to_owned(),
+        "end".to_owned(),
+    ];
+    prop_assert_eq!(segments, expected);
+
+    let fragment = url.fragment().unwrap();
+    prop_assert_eq!(decode(fragment), format!("frag-{}", v.sub(6)));
+    Ok(())
+}
+
+fn config() -> ProptestConfig {
+    ProptestConfig {
+        cases: 384,
+        ..ProptestConfig::default()
+    }
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn every_value_lands_in_its_own_parameter_and_decodes_to_itself(v in values()) {
+        let t = Template::parse(URL).unwrap();
+        match (t.expand(&v.map()), v.expected_error()) {
+            (Ok(expanded), None) => check_url(&expanded, &v)?,
+            (got, expected) => prop_assert_eq!(got.err(), expected),
+        }
+    }
+
+    #[test]
+    fn pre_encoded_values_are_sent_as_given_and_decode_to_the_original(v in values()) {
+        let t = Template::parse(URL).unwrap();
+        let mut m = v.map();
+        for (i, s) in v.subs.iter().enumerate() {
+            let e = utf8_percent_encode(s, NON_ALPHANUMERIC).to_string();
+            m.set(Macro::sub(i as u8 + 1).unwrap(), OwnedValue::encoded(e).unwrap());
+        }
+        // Encoded, `.` and `..` are `%2E` and `%2E%2E`: still dot segments.
+        match (t.expand(&m), v.expected_error()) {
+            (Ok(expanded), None) => {
+                for s in &v.subs {
+                    let e = utf8_percent_encode(s, NON_ALPHANUMERIC).to_string();
+                    prop_assert!(expanded.contains(&e));
+                }
+                check_url(&expanded, &v)?;
+            }
+            (got, expected) => prop_assert_eq!(got.err(), expected),
+        }
+    }
+
+    #[test]
+    fn a_pixel_is_one_closed_tag_whatever_the_values(v in values(), iframe in any::<bool>()) {
+        let t = Template::parse(URL).unwrap();
+        let (pixel, open, rest, quotes, angles) = if iframe {
+            (
+                Pixel::Iframe,
+                "<iframe src=\"",
+                "\" width=\"1\" height=\"1\" frameborder=\"0\" scrolling=\"no\" style=\"display:none\"></iframe>",
+                12,
+                2,
+            )
+        } else {
+            (
+                Pixel::Image,
+                "<img src=\"",
+                "\" width=\"1\" height=\"1\" alt=\"\" style=\"display:none\">",
+                10,
+                1,
+            )
+        };
+        let html = match (t.render_pixel(pixel, &v.map()), v.expected_error()) {
+            (Ok(html), None) => html,
+            (got, expected) => {
+                prop_assert_eq!(got.err(), expected);
+                return Ok(());
+            }
+        };
+        let src = html.strip_prefix(open).unwrap();
+        let end = src.find('"').unwrap();
+        prop_assert_eq!(&src[end..], rest);
+        let src = &src[..end];
+        prop_assert!(!src.contains(['"', '<', '>', '\'']), "{src}");
+        prop_assert_eq!(html.matches('"').count(), quotes);
+        prop_assert_eq!(html.matches('<').count(), angles);
+        prop_assert_eq!(html.matches('>').count(), angles);
+        // Unescaped, the attribute is the URL.
+        let url = src.replace("&#39;", "'").replace("&amp;", "&");
+        prop_assert_eq!(&url, &t.expand(&v.map()).unwrap());
+        check_url(&url, &v)?;
+    }
+
+    #[test]
+    fn html_code_gains_only_unreserved_characters_and_escapes(v in values()) {
+        // Each macro is followed by literal text that starts with a character no value can
+        // produce, so the value's span ends exactly there.
+        let lits = [
+            "<script>var c=\"",
+            "\", d='",
+            "';</script><img src=\"https://t.example/p?c=",
+            "&amp;d=",
+            "\" alt=\"",
+            "\"><!-- ",
+            " -->",
+        ];
+        let src = format!(
+            "{}{{sub1}}{}{{sub2}}{}{{sub3}}{}{{sub4}}{}{{sub5}}{}{{sub6}}{}",
+            lits[0], lits[1], lits[2], lits[3], lits[4], lits[5], lits[6]
+        );
+        let t = Template::parse_html(&src).unwrap();
+        let m = v.map();
+        let expected_error = if v.subs.iter().all(String::is_empty) {
+            Some(ExpandError::NoClickId("sub1, sub2, sub3, sub4, sub5, sub6".to_owned()))
+        } else {
+            None
+        };
+        let out = match (t.expand(&m), expected_error) {
+            (Ok(out), None) => out,
+            (got, expected) => {
+                prop_assert_eq!(got.err(), expected);
+                return Ok(());
+            }
+        };
+        let mut rest = out.as_str();
+        for (i, lit) in lits.iter().enumerate() {
+            rest = match rest.strip_prefix(lit) {
+                Some(r) => r,
+                None => return Err(TestCaseError::fail(format!("literal {i} moved in {out}"))),
+            };
+            if i == lits.len() - 1 {
+                break;
+            }
+            let len = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || "-._~%".contains(c)))
+                .unwrap_or(rest.len());
+            let span = &rest[..len];
+            let b = span.as_bytes();
+            for (j, _) in span.match_indices('%') {
+                let hex = |k: usize| b.get(k).is_some_and(|x| x.is_ascii_digit() || (b'A'..=b'F').contains(x));
+                prop_assert!(hex(j + 1) && hex(j + 2), "bad escape in {span}");
+            }
+            prop_assert_eq!(decode(span), v.sub(i + 1));
+            rest = &rest[len..];
+        }
+        prop_assert_eq!(rest, "");
+    }
+
+    #[test]
+    fn literal_text_either_is_refused_or_expands_to_a_sendable_url(
+        path in prop::collection::vec(nasty_char(), 0..24).prop_map(String::from_iter),
+        query in prop::collection::vec(nasty_char(), 0..24).prop_map(String::from_iter),
+    ) {
+        let src = format!("https://t.example/{path}?cid={{sub1}}&{query}");
+        if let Ok(t) = Template::parse(&src) {
+            let expanded = t.expand(&ValueMap::new().with(Macro::SUB1, "abc")).unwrap();
+            prop_assert!(url::Url::parse(&expanded).is_ok(), "{expanded}");
+            prop_assert!(http::Uri::try_from(expanded.as_str()).is_ok(), "{expanded}");
+            prop_assert!(expanded.starts_with("https://t.example/"));
+            let raw = [' ', '"', '<', '>', '\\', '|', '{', '}', '\n'];
+            prop_assert!(!expanded.contains(raw), "{}", expanded);
+        }
+    }
+}
