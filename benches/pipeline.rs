@@ -84,17 +84,22 @@ fn bench(c: &mut Criterion) {
         })
     });
     // The crate's own share, isolated: the same pipeline with a transport that answers at once.
-    g.bench_function("engine pipeline, instant in-process 200 (overhead alone)", |b| {
-        b.iter(|| {
-            let fired = engine.handle_trigger(now, &trigger, &Conversion);
-            black_box(&fired);
-            let tx = engine.poll_transmit(now).expect("due now");
-            black_box(&tx.request);
-            let ok = http::Response::builder().status(200).body(b"OK".to_vec());
-            engine.handle_response(now, tx.delivery, Ok(ok.expect("static response"))).expect("in flight");
-            assert!(matches!(engine.poll_event(), Some(Event::Delivered { .. })));
-        })
-    });
+    g.bench_function(
+        "engine pipeline, instant in-process 200 (overhead alone)",
+        |b| {
+            b.iter(|| {
+                let fired = engine.handle_trigger(now, &trigger, &Conversion);
+                black_box(&fired);
+                let tx = engine.poll_transmit(now).expect("due now");
+                black_box(&tx.request);
+                let ok = http::Response::builder().status(200).body(b"OK".to_vec());
+                engine
+                    .handle_response(now, tx.delivery, Ok(ok.expect("static response")))
+                    .expect("in flight");
+                assert!(matches!(engine.poll_event(), Some(Event::Delivered { .. })));
+            })
+        },
+    );
     g.finish();
 }
 

@@ -207,8 +207,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     println!("\n== debug info of the delivery that exhausted its attempts");
     println!(
-        "  {:>3}  {:>9}  {:>6}  {:<8}  {}",
-        "#", "at (ms)", "status", "failure", "url"
+        "  {:>3}  {:>9}  {:>6}  {:<8}  url",
+        "#", "at (ms)", "status", "failure"
     );
     let first = debug_info.first().map(|a| a.at);
     for a in &debug_info {

@@ -217,7 +217,8 @@ impl Gatekeeper {
 
     /// Replace a postback with a changed version of itself (same id). The actor must be allowed
     /// to edit both the old and the new version, so a partner cannot hand a postback to someone
-    /// else or turn it offer-global.
+    /// else or turn it offer-global. The status is kept as it is in the registry: use
+    /// [`enable`](Self::enable) and [`disable`](Self::disable) to change it.
     pub fn edit(
         &self,
         registry: &mut Registry,
@@ -226,9 +227,14 @@ impl Gatekeeper {
         postback: Postback,
     ) -> Result<AuditEntry, AccessError> {
         let id = postback.id();
+        let mut postback = postback;
         let before = registry.get(id).ok_or(RegistryError::NotFound(id))?;
         authorize(&self.settings, actor, Operation::Edit, before)?;
         authorize(&self.settings, actor, Operation::Edit, &postback)?;
+        // An edit changes configuration, never status: an edit made from a copy loaded before an
+        // automatic disable must not switch the postback back on. Status changes go through
+        // enable and disable.
+        postback.set_status(before.status().clone());
         let before = registry.update(postback.clone())?;
         Ok(AuditEntry {
             actor,

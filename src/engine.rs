@@ -13,7 +13,7 @@
 //! [`Engine::disable`] and [`Engine::delete`], which check permissions and write audit entries;
 //! enabling a postback replays the deliveries held while it was off.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 
 use chrono::{DateTime, Utc};
@@ -24,10 +24,13 @@ use crate::delivery::{
     Attempt, Delivery, DeliveryError, DeliveryId, DisablePolicy, Failure, FailureClass,
     GiveUpReason, Outbound, Progress, RequestError, RetryPolicy, State,
 };
+use crate::hash::IdMap;
 use crate::model::{Kind, Method, PartnerId, Postback, PostbackId};
 use crate::net::{NetError, NetPolicy};
-use crate::registry::{Precedence, Registry, RegistryError, Resolution, Trigger};
-use crate::template::{ExpandError, Macro, MacroValues, Pixel, Value};
+use crate::registry::{
+    Outcome, Precedence, Registry, RegistryError, Resolution, SkipReason, Trigger,
+};
+use crate::template::{ExpandError, Macro, MacroValues, Pixel, Value, redact_url};
 
 /// How the engine delivers.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,6 +49,10 @@ pub struct EngineConfig {
     /// Where server-to-server postbacks may go, checked when one is created or edited through
     /// the engine. Transports check resolved addresses against the same policy.
     pub net: NetPolicy,
+    /// The first delivery id a new engine hands out (default 1). Engines that serve the same
+    /// partners must not share ids, or receivers that de-duplicate by id drop real conversions:
+    /// give each shard its own range (say, shard number << 48).
+    pub first_delivery_id: u64,
 }
 
 impl EngineConfig {
@@ -67,6 +74,12 @@ impl EngineConfig {
         self.access = s;
         self
     }
+    /// Start delivery ids at `first` (see [`EngineConfig::first_delivery_id`]).
+    #[must_use]
+    pub fn first_delivery_id(mut self, first: u64) -> Self {
+        self.first_delivery_id = first;
+        self
+    }
     /// Set the network policy.
     #[must_use]
     pub fn net(mut self, n: NetPolicy) -> Self {
@@ -82,8 +95,8 @@ impl EngineConfig {
 }
 
 /// A request to send.
-#[derive(Debug)]
 #[must_use]
+#[non_exhaustive]
 pub struct Transmit {
     /// Pass it back to [`Engine::handle_response`] with the result.
     pub delivery: DeliveryId,
@@ -93,9 +106,22 @@ pub struct Transmit {
     pub request: http::Request<Vec<u8>>,
 }
 
+impl fmt::Debug for Transmit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The URL can carry a partner's token: show it redacted.
+        f.debug_struct("Transmit")
+            .field("delivery", &self.delivery)
+            .field("postback", &self.postback)
+            .field("method", self.request.method())
+            .field("uri", &redact_url(&self.request.uri().to_string()))
+            .finish()
+    }
+}
+
 /// A pixel or HTML postback rendered for the conversion page (the engine does not deliver
 /// those; the page does).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct RenderedPixel {
     /// The postback.
     pub postback: PostbackId,
@@ -106,6 +132,7 @@ pub struct RenderedPixel {
 /// What a trigger did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[must_use]
+#[non_exhaustive]
 pub struct Fired {
     /// What fired, what did not, and why.
     pub resolution: Resolution,
@@ -113,6 +140,9 @@ pub struct Fired {
     pub deliveries: Vec<(PostbackId, DeliveryId)>,
     /// Pixels and HTML code to render.
     pub pixels: Vec<RenderedPixel>,
+    /// Deliveries created held, for automatically disabled postbacks that nothing else served:
+    /// they are sent when the postback is enabled again, so no conversion is lost meanwhile.
+    pub held: Vec<(PostbackId, DeliveryId)>,
     /// Postbacks that fired but could not be expanded with the trigger's values.
     pub errors: Vec<(PostbackId, FireError)>,
 }
@@ -230,6 +260,7 @@ pub enum EngineError {
 
 /// A postback's delivery health, for the consecutive-failure rule.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Health {
     /// Times of the current run of consecutive counted failures (the most recent `n` kept).
     pub recent_failures: VecDeque<DateTime<Utc>>,
@@ -265,8 +296,8 @@ pub struct Engine {
     /// Scheduled deliveries by due time (derived from `deliveries`).
     timers: BTreeSet<(DateTime<Utc>, DeliveryId)>,
     /// Unfinished deliveries per postback (derived from `deliveries`).
-    by_postback: HashMap<PostbackId, BTreeSet<DeliveryId>>,
-    health: HashMap<PostbackId, Health>,
+    by_postback: IdMap<PostbackId, BTreeSet<DeliveryId>>,
+    health: IdMap<PostbackId, Health>,
     events: VecDeque<Event>,
     next_id: u64,
 }
@@ -286,14 +317,14 @@ impl Engine {
     /// An engine over `registry`.
     pub fn new(config: EngineConfig, registry: Registry) -> Engine {
         Engine {
+            next_id: config.first_delivery_id.max(1),
             config,
             registry,
             deliveries: BTreeMap::new(),
             timers: BTreeSet::new(),
-            by_postback: HashMap::new(),
-            health: HashMap::new(),
+            by_postback: IdMap::default(),
+            health: IdMap::default(),
             events: VecDeque::new(),
-            next_id: 1,
         }
     }
 
@@ -366,6 +397,7 @@ impl Engine {
             resolution,
             deliveries: Vec::new(),
             pixels: Vec::new(),
+            held: Vec::new(),
             errors: Vec::new(),
         };
         let firing: Vec<PostbackId> = fired.resolution.firing().collect();
@@ -390,7 +422,49 @@ impl Engine {
                 fired.errors.push((pid, e));
             }
         }
+        for pid in self.held_for(&fired.resolution) {
+            match self.create_delivery(now, pid, values, false) {
+                Ok(d) => {
+                    self.hold(d);
+                    fired.held.push((pid, d));
+                }
+                Err(e) => fired.errors.push((pid, e)),
+            }
+        }
         fired
+    }
+
+    /// Automatically disabled server-to-server postbacks whose trigger nothing else serves: with
+    /// `Precedence::All`, every one; with `Override`, those on the most specific level with a
+    /// disabled postback, and only when no postback fires at all (when another level fires in
+    /// their place, the fall-through has served the trigger and holding too would report the
+    /// conversion twice). A paused postback holds nothing: a person chose to stop it.
+    fn held_for(&self, r: &Resolution) -> Vec<PostbackId> {
+        let disabled = r.decisions.iter().filter(|d| {
+            matches!(
+                d.outcome,
+                Outcome::Skipped {
+                    why: SkipReason::Disabled
+                }
+            ) && self
+                .registry
+                .get(d.postback)
+                .is_some_and(|p| p.method().is_server_to_server())
+        });
+        match r.precedence {
+            Precedence::All => disabled.map(|d| d.postback).collect(),
+            _ if r.decisions.iter().any(|d| d.fires()) => Vec::new(),
+            _ => {
+                let mut disabled = disabled.peekable();
+                let Some(level) = disabled.peek().map(|d| d.level) else {
+                    return Vec::new();
+                };
+                disabled
+                    .filter(|d| d.level == level)
+                    .map(|d| d.postback)
+                    .collect()
+            }
+        }
     }
 
     /// Fire one server-to-server postback once with `values` (say, [`SampleValues`](crate::template::SampleValues)),
@@ -483,6 +557,22 @@ impl Engine {
                 return None;
             }
             self.timers.pop_first();
+            let Some(d) = self.deliveries.get(&id) else {
+                continue;
+            };
+            // The registry may have changed behind the engine's back (`registry_mut`): never send
+            // for a postback that is gone or off.
+            let pid = d.postback();
+            if !d.is_test() {
+                if self.registry.get(pid).is_none() {
+                    self.abandon(now, id);
+                    continue;
+                }
+                if self.postback_is_off(pid) {
+                    self.hold(id);
+                    continue;
+                }
+            }
             let Some(d) = self.deliveries.get_mut(&id) else {
                 continue;
             };
@@ -540,7 +630,9 @@ impl Engine {
                 if counted {
                     self.count_failure(now, pid, id, failures);
                 }
-                if self.postback_is_off(pid) {
+                if self.registry.get(pid).is_none() {
+                    self.abandon(now, id);
+                } else if self.postback_is_off(pid) {
                     self.hold(id);
                 } else {
                     self.timers.insert((at, id));
@@ -558,8 +650,9 @@ impl Engine {
                     let failures = self.deliveries.get(&id).map_or(0, Delivery::failures);
                     self.count_failure(now, pid, id, failures);
                 }
-                let held =
-                    matches!(reason, GiveUpReason::MaxAttempts { .. }) && self.postback_is_off(pid);
+                let held = matches!(reason, GiveUpReason::MaxAttempts { .. })
+                    && self.registry.get(pid).is_some()
+                    && self.postback_is_off(pid);
                 if held {
                     self.hold(id);
                 } else {
@@ -571,6 +664,16 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// End a delivery whose postback was deleted, and report it.
+    fn abandon(&mut self, now: DateTime<Utc>, id: DeliveryId) {
+        if let Some(mut d) = self.finish(id) {
+            d.abandon(now);
+            self.events.push_back(Event::GaveUp {
+                record: Box::new(d),
+            });
+        }
     }
 
     fn postback_is_off(&self, pid: PostbackId) -> bool {
@@ -636,7 +739,10 @@ impl Engine {
                         )
                     })
             }
-            DisablePolicy::Never => None,
+            DisablePolicy::Never => {
+                h.recent_failures.clear();
+                None
+            }
         };
         if let Some(reason) = reason {
             self.disable_automatically(now, pid, id, reason);
@@ -696,6 +802,24 @@ impl Engine {
         }
     }
 
+    /// Make every request in flight due again at the time it was sent, for when their answers
+    /// will never come: after restoring a snapshot in a new process (a restore in the same
+    /// process continues exactly where it was), or after dropping a driver mid-run. Receivers
+    /// drop the duplicates by delivery id. A late answer for one of them is refused with
+    /// [`DeliveryError::NotInFlight`]. Returns how many were requeued.
+    pub fn requeue_in_flight(&mut self) -> usize {
+        let mut n = 0;
+        for (id, d) in &mut self.deliveries {
+            if d.interrupted() {
+                if let Some(at) = d.due() {
+                    self.timers.insert((at, *id));
+                }
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// The next event, if any. Call until `None`.
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
@@ -745,7 +869,8 @@ impl Engine {
             .create(&mut self.registry, actor, now, postback)?)
     }
 
-    /// Change a postback on behalf of `actor`. Pending deliveries keep the request they were
+    /// Change a postback's configuration on behalf of `actor`; its status stays as it is (use
+    /// [`Engine::enable`] and [`Engine::disable`]). Pending deliveries keep the request they were
     /// created with.
     pub fn edit(
         &mut self,
@@ -753,19 +878,10 @@ impl Engine {
         actor: Actor,
         postback: Postback,
     ) -> Result<AuditEntry, EngineError> {
-        let id = postback.id();
         self.check_net(&postback)?;
-        let was_off = self.postback_is_off(id);
-        let entry = self
+        Ok(self
             .gatekeeper()
-            .edit(&mut self.registry, actor, now, postback)?;
-        if self.postback_is_off(id) {
-            self.hold_all(id);
-        } else if was_off {
-            // Made active by the edit: the same as an enable.
-            self.reactivate(now, id);
-        }
-        Ok(entry)
+            .edit(&mut self.registry, actor, now, postback)?)
     }
 
     /// After a postback became active again: a fresh failure count, held deliveries due now.
@@ -835,13 +951,14 @@ impl Engine {
         let entry = self
             .gatekeeper()
             .delete(&mut self.registry, actor, now, id)?;
-        let ids = self.delivery_ids_of(id);
-        for did in ids {
-            if let Some(mut d) = self.finish(did) {
-                d.abandon(now);
-                self.events.push_back(Event::GaveUp {
-                    record: Box::new(d),
-                });
+        for did in self.delivery_ids_of(id) {
+            // A request already out ends when its result comes back: it may yet be delivered.
+            let in_flight = self
+                .deliveries
+                .get(&did)
+                .is_some_and(|d| matches!(d.state(), State::InFlight { .. }));
+            if !in_flight {
+                self.abandon(now, did);
             }
         }
         self.health.remove(&id);

@@ -20,6 +20,7 @@
 pub mod access;
 pub mod delivery;
 pub mod engine;
+mod hash;
 pub mod model;
 pub mod net;
 pub mod presets;

@@ -422,7 +422,8 @@ impl Postback {
             delay: self.delay,
             source: Some(self.template.as_str().to_owned()),
             options: self.template.options(),
-            catalog: None,
+            // Keep the custom macros the template was bound with, so a rebuilt URL may use them.
+            catalog: Some(rebuild_catalog(&self.template)),
             template: Some(self.template.clone()),
             response_check: self.response_check.clone(),
         }
@@ -484,6 +485,20 @@ impl Postback {
     pub fn heap_bytes(&self) -> usize {
         self.description.len() + self.template.heap_bytes()
     }
+}
+
+/// The catalogue for changing a postback: its template's custom macros, and as click ids the
+/// standard ones plus any its catalogue added.
+fn rebuild_catalog(template: &Template) -> Catalog {
+    let mut catalog = template.catalog();
+    let mut click: Vec<_> = Catalog::standard().click_id_macros().to_vec();
+    for m in catalog.click_id_macros() {
+        if !click.contains(m) {
+            click.push(*m);
+        }
+    }
+    catalog.set_click_id_macros(click);
+    catalog
 }
 
 /// Builds a [`Postback`], refusing invalid combinations with a [`ConfigError`].

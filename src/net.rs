@@ -97,8 +97,8 @@ const FORBIDDEN_V6: [(IpRange, &str); 7] = [
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum NetError {
-    /// Not a URL.
-    #[error("`{0}` is not a URL")]
+    /// Not a URL (the text is kept with secret-looking parameters redacted).
+    #[error("`{0}` is not a URL: give an absolute http(s) URL")]
     InvalidUrl(String),
     /// A scheme the policy does not allow.
     #[error("scheme `{0}` is not allowed: postbacks go over http or https")]
@@ -117,7 +117,9 @@ pub enum NetError {
         range: &'static str,
     },
     /// A host name that always means this machine.
-    #[error("host `{0}` is this machine, which postbacks may not reach")]
+    #[error(
+        "host `{0}` is this machine, which postbacks may not reach: use the partner's public host"
+    )]
     LocalName(String),
 }
 
@@ -227,7 +229,8 @@ impl NetPolicy {
     /// Check a URL's scheme, port and, when the host is an IP literal or `localhost`, its
     /// address. Host names are checked again after resolution by the transport.
     pub fn check_url(&self, url: &str) -> Result<(), NetError> {
-        let u = url::Url::parse(url).map_err(|_| NetError::InvalidUrl(url.to_owned()))?;
+        let u = url::Url::parse(url)
+            .map_err(|_| NetError::InvalidUrl(crate::template::redact_url(url)))?;
         if !self.schemes.iter().any(|s| s == u.scheme()) {
             return Err(NetError::Scheme(u.scheme().to_owned()));
         }
@@ -248,7 +251,7 @@ impl NetPolicy {
                     Ok(())
                 }
             }
-            None => Err(NetError::InvalidUrl(url.to_owned())),
+            None => Err(NetError::InvalidUrl(crate::template::redact_url(url))),
         }
     }
 }

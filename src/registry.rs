@@ -18,12 +18,12 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-use std::collections::HashMap;
 use std::fmt;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::hash::IdMap;
 use crate::model::{EventId, Kind, Level, OfferId, PartnerId, Postback, PostbackId, Scope, Status};
 
 /// Something that happened and may fire postbacks.
@@ -285,9 +285,9 @@ impl Key {
 /// postbacks there are.
 #[derive(Debug, Clone, Default)]
 pub struct Registry {
-    postbacks: HashMap<PostbackId, Postback>,
+    postbacks: IdMap<PostbackId, Postback>,
     /// Ids per key, sorted, so resolutions list postbacks in a stable order.
-    index: HashMap<Key, Vec<PostbackId>>,
+    index: IdMap<Key, Vec<PostbackId>>,
     precedence: Precedence,
 }
 

@@ -15,7 +15,7 @@ use postback::delivery::{
     Action, Attempt, DEFAULT_SCHEDULE, Delivery, DeliveryId, DisablePolicy, Failure, FailureClass,
     GiveUpReason, Outbound, Progress, RetryPolicy, State,
 };
-use postback::engine::{Engine, EngineConfig, Event, Health};
+use postback::engine::{Engine, EngineConfig, Event};
 use postback::model::{
     HttpMethod, Kind, ManagerId, OfferId, PartnerId, Postback, PostbackId, Status,
 };
@@ -559,14 +559,10 @@ fn a_partner_answering_503_twenty_four_times_then_200_is_delivered_on_the_25th_a
     assert_eq!(record.failures(), 24);
     let last = sim.sent[24].at;
     assert_eq!(record.state(), &State::Delivered { at: last });
-    assert_eq!(
-        sim.engine.health(PB),
-        Some(&Health {
-            recent_failures: Default::default(),
-            consecutive_failures: 0,
-            last_success: Some(last),
-        })
-    );
+    let health = sim.engine.health(PB).expect("health is tracked");
+    assert!(health.recent_failures.is_empty());
+    assert_eq!(health.consecutive_failures, 0);
+    assert_eq!(health.last_success, Some(last));
     assert_eq!(sim.engine.deliveries().count(), 0);
 }
 
@@ -1066,11 +1062,19 @@ fn deliveries_held_by_an_automatic_disable_are_each_replayed_once_after_the_netw
         0
     );
     assert_eq!(sim.engine.deliveries_of(PB).count(), 4);
-    // A conversion while disabled does not fire.
+    // A conversion while disabled is not sent, but held with the others: nothing else serves it.
     let fired = sim
         .engine
         .handle_trigger(sim.now, &Trigger::conversion(PARTNER, OFFER), &values());
     assert_eq!(fired.deliveries, []);
+    assert_eq!(fired.held, [(PB, DeliveryId::new(5))]);
+    assert_eq!(
+        sim.engine.poll_event(),
+        Some(Event::Held {
+            delivery: DeliveryId::new(5),
+            postback: PB
+        })
+    );
 
     let before = sim.sent.len();
     let events_before = sim.trace.len();
@@ -1085,23 +1089,23 @@ fn deliveries_held_by_an_automatic_disable_are_each_replayed_once_after_the_netw
         sim.trace[events_before],
         Event::Reenabled {
             postback: PB,
-            replayed: 4,
+            replayed: 5,
             at: enabled_at
         }
     );
     let replayed = &sim.sent[before..];
-    assert_eq!(replayed.len(), 4);
+    assert_eq!(replayed.len(), 5);
     let mut by_transmit: Vec<u64> = replayed.iter().map(|s| s.delivery.get()).collect();
     let mut by_url: Vec<u64> = replayed.iter().map(Sent::d_param).collect();
     by_transmit.sort_unstable();
     by_url.sort_unstable();
-    assert_eq!(by_transmit, [1, 2, 3, 4]);
-    assert_eq!(by_url, [1, 2, 3, 4]);
+    assert_eq!(by_transmit, [1, 2, 3, 4, 5]);
+    assert_eq!(by_url, [1, 2, 3, 4, 5]);
     assert!(replayed.iter().all(|s| s.at == enabled_at));
     let mut delivered = delivered_ids(&sim);
     delivered.sort_unstable();
-    assert_eq!(delivered, [1, 2, 3, 4]);
-    assert_eq!(sim.trace.len(), events_before + 5);
+    assert_eq!(delivered, [1, 2, 3, 4, 5]);
+    assert_eq!(sim.trace.len(), events_before + 6);
     assert_eq!(sim.status(PB), Status::Active);
     assert_eq!(sim.engine.deliveries().count(), 0);
     // Every send carried its own delivery id in the URL.
@@ -1598,14 +1602,15 @@ fn a_delivery_alone_round_trips_through_serde_json_in_every_state() {
 }
 
 #[test]
-fn re_enabling_a_postback_through_an_edit_resets_its_consecutive_count_and_reports_the_replay_like_enable()
- {
-    // Ten 500s disable it under the consecutive rule; after the edit, one more 500, then 200.
+fn an_edit_never_changes_the_status_so_a_stale_copy_cannot_switch_a_disabled_postback_back_on() {
+    // Ten 500s disable it under the consecutive rule.
     let mut sim = Sim::new(
         everflow(RetryPolicy::default()),
         vec![conversion_postback()],
         script(vec![Reply::status(500); 11], Reply::status(200)),
     );
+    // A copy loaded before the disable, as an edit form would hold it.
+    let stale = sim.engine.registry().get(PB).unwrap().clone();
     sim.convert();
     sim.run_to_idle();
     assert_eq!(
@@ -1616,21 +1621,34 @@ fn re_enabling_a_postback_through_an_edit_resets_its_consecutive_count_and_repor
             "held d1 of p1"
         ]
     );
+    let sent = sim.sent.len();
 
-    let edited = sim
-        .engine
-        .registry()
-        .get(PB)
-        .unwrap()
+    let edited = stale
         .to_builder()
+        .description("fix a typo")
         .status(Status::Active)
         .build()
         .unwrap();
-    sim.engine.edit(sim.now, MANAGER, edited).unwrap();
-    sim.drain_events();
+    let entry = sim.engine.edit(sim.now, MANAGER, edited).unwrap();
+    assert!(matches!(
+        entry.after.unwrap().status(),
+        Status::Disabled { .. }
+    ));
     sim.run_to_idle();
-    // As after `Engine::enable`: the replay is reported and the count starts again, so a single
-    // failure does not switch the postback off again.
+    assert!(matches!(sim.status(PB), Status::Disabled { .. }));
+    assert_eq!(
+        sim.sent.len(),
+        sent,
+        "nothing is sent to a disabled postback"
+    );
+    assert_eq!(
+        sim.engine.registry().get(PB).unwrap().description(),
+        "fix a typo"
+    );
+
+    // Enabling is the way back on.
+    sim.enable(PB);
+    sim.run_to_idle();
     assert_eq!(
         sim.summary()[12..],
         [

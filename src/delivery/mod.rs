@@ -350,7 +350,7 @@ pub enum GiveUpReason {
 // `Send` is the large variant, and it is handed to the caller at once; boxing it would cost an
 // allocation per attempt.
 #[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[must_use]
 #[non_exhaustive]
 pub enum Action {
@@ -364,6 +364,26 @@ pub enum Action {
     Held,
     /// Done; see [`Delivery::state`].
     Finished,
+}
+
+impl fmt::Debug for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            // The URL can carry a partner's token: show it redacted.
+            Action::Send(r) => {
+                write!(
+                    f,
+                    "Send({} {})",
+                    r.method(),
+                    redact_url(&r.uri().to_string())
+                )
+            }
+            Action::Wait(t) => write!(f, "Wait({t})"),
+            Action::AwaitResponse => f.write_str("AwaitResponse"),
+            Action::Held => f.write_str("Held"),
+            Action::Finished => f.write_str("Finished"),
+        }
+    }
 }
 
 /// What a result did to the delivery.
@@ -422,6 +442,9 @@ pub struct Delivery {
     failures: u32,
     /// Local refusals since creation or the last release.
     refusals: u32,
+    /// Attempts made before the last release: the retry schedule restarts after a release.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    released_after: u32,
     attempts: Vec<Attempt>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     check: Option<ResponseCheck>,
@@ -450,6 +473,7 @@ impl Delivery {
             },
             failures: 0,
             refusals: 0,
+            released_after: 0,
             attempts: Vec::new(),
             check: None,
             test: false,
@@ -662,7 +686,8 @@ impl Delivery {
         }
         // The schedule advances with every attempt, counted or not, so a local fault cannot
         // turn into a tight loop.
-        let at = policy.next_attempt_at(now, number, self.id, retry_after);
+        let step = number - self.released_after.min(number - 1);
+        let at = policy.next_attempt_at(now, step, self.id, retry_after);
         self.state = State::Scheduled { at };
         Progress::Retry {
             at,
@@ -698,7 +723,21 @@ impl Delivery {
         self.state = State::Scheduled { at: now };
         self.failures = 0;
         self.refusals = 0;
+        self.released_after = self.attempts.len() as u32;
         Ok(())
+    }
+
+    /// After a restart: a request that was in flight when the state was saved got no answer
+    /// this process will see, so it is due again at the time it was sent. The receiver drops the
+    /// duplicate by its delivery id. Returns whether anything changed.
+    pub fn interrupted(&mut self) -> bool {
+        match self.state {
+            State::InFlight { since } => {
+                self.state = State::Scheduled { at: since };
+                true
+            }
+            _ => false,
+        }
     }
 
     /// End a delivery whose postback was deleted.
@@ -721,6 +760,10 @@ impl Delivery {
                 .map(|a| a.url.capacity() + a.body.capacity())
                 .sum::<usize>()
     }
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 fn body_prefix(body: &[u8]) -> String {

@@ -192,7 +192,7 @@ pub enum CatalogError {
     #[error("macro `{0}` already exists: use the existing one instead of registering it again")]
     Duplicate(String),
     /// Too many custom macros.
-    #[error("too many custom macros (the limit is {0})")]
+    #[error("too many custom macros (the limit is {0}): reuse or retire some")]
     Full(usize),
 }
 

@@ -663,13 +663,19 @@ impl Template {
                 ExpandError::Currency(CurrencyError(s.to_owned()))
             }
             Value::Text(s) | Value::Encoded(Encoded(s)) if seg.flags & MONEY != 0 => {
-                ExpandError::NotAnAmount { name, value: s.to_owned() }
+                ExpandError::NotAnAmount {
+                    name,
+                    value: s.to_owned(),
+                }
             }
             _ if seg.flags & CURRENCY != 0 => ExpandError::WrongKind {
                 name,
                 expected: "an ISO 4217 currency code such as USD",
             },
-            _ => ExpandError::WrongKind { name, expected: "an amount such as 12.50" },
+            _ => ExpandError::WrongKind {
+                name,
+                expected: "an amount such as 12.50",
+            },
         }
     }
 

@@ -72,9 +72,24 @@ impl<'de> Deserialize<'de> for Currency {
 /// A decimal amount: `units / 10^scale`, written with `.` as the decimal mark, no grouping and no
 /// exponent, whatever the locale (`12.50`, `0.12345`, `-3`).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(from = "RawAmount")]
 pub struct Amount {
     units: i64,
     scale: u8,
+}
+
+/// The serialized form, clamped through [`Amount::new`] so stored data cannot carry a scale the
+/// formatter does not handle.
+#[derive(Deserialize)]
+struct RawAmount {
+    units: i64,
+    scale: u8,
+}
+
+impl From<RawAmount> for Amount {
+    fn from(r: RawAmount) -> Self {
+        Amount::new(r.units, r.scale)
+    }
 }
 
 /// An amount that cannot be represented.
@@ -253,6 +268,13 @@ mod tests {
             AmountError::Overflow("100000000000000000000".into())
         );
         assert_eq!(Amount::from_f64(f64::NAN, 2), Err(AmountError::NotFinite));
+    }
+
+    #[test]
+    fn a_stored_amount_with_a_huge_scale_is_clamped_not_a_panic() {
+        let a: Amount = serde_json::from_str(r#"{"units":1,"scale":200}"#).unwrap();
+        assert_eq!(a.scale(), 12);
+        assert_eq!(a.to_string(), "0.000000000000");
     }
 
     #[test]

@@ -1,8 +1,6 @@
 //! Where expansion gets its values: a trait a caller's own conversion type implements, and a
 //! ready map-backed implementation.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::fmt;
 
 use chrono::{DateTime, Utc};
@@ -10,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::catalog::{Catalog, Macro};
 use super::money::{Amount, Currency};
+use crate::hash::IdMap;
 
 /// A value for one macro. Text is encoded for the position it lands in; the other variants are
 /// formatted locale-free first.
@@ -229,30 +228,10 @@ impl From<DateTime<Utc>> for OwnedValue {
     }
 }
 
-/// Hashes a macro id as itself: ids are small distinct integers, so SipHash's protection against
-/// chosen keys buys nothing here and costs a quarter of an expansion.
-#[derive(Default)]
-struct MacroHasher(u64);
-
-impl Hasher for MacroHasher {
-    fn finish(&self) -> u64 {
-        // Spread the id over the high bits too, which hashbrown uses for its control bytes.
-        self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15)
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 << 8) | u64::from(b);
-        }
-    }
-    fn write_u16(&mut self, n: u16) {
-        self.0 = u64::from(n);
-    }
-}
-
 /// A ready [`MacroValues`]: values by macro, owned. Serializes as a map from macro id to value.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ValueMap {
-    values: HashMap<Macro, OwnedValue, BuildHasherDefault<MacroHasher>>,
+    values: IdMap<Macro, OwnedValue>,
 }
 
 /// A name given to [`ValueMap::set_named`] that the catalogue does not know.
