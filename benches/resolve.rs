@@ -27,7 +27,7 @@ use std::alloc::System;
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use postback::model::{EventId, Kind, OfferId, PartnerId, Postback, PostbackId};
+use postback::model::{EventId, Kind, Level, OfferId, PartnerId, Postback, PostbackId};
 use postback::registry::{Registry, Trigger};
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, Stats, StatsAlloc};
 
@@ -178,6 +178,28 @@ fn bench(c: &mut Criterion) {
         g.bench_function(name, |b| b.iter(|| reg.resolve(black_box(&trigger))));
     }
     g.finish();
+
+    // The peer: what hand-written tracker code does, a scan over every postback for those that
+    // match the trigger's partner, offer and kind, keeping the most specific active level.
+    let trigger = cases[0].1;
+    let mut peer = c.benchmark_group("resolve_peer");
+    peer.sample_size(10);
+    peer.bench_function("naive_scan_specific", |b| {
+        b.iter(|| {
+            let mut best: Option<(Level, PostbackId)> = None;
+            for pb in reg.iter() {
+                let matches = pb.kind() == Kind::Conversion
+                    && pb.status().is_active()
+                    && pb.partner().is_none_or(|p| p == trigger.partner)
+                    && pb.offer().is_none_or(|o| o == trigger.offer);
+                if matches && best.is_none_or(|(l, _)| pb.level() > l) {
+                    best = Some((pb.level(), pb.id()));
+                }
+            }
+            black_box(best)
+        })
+    });
+    peer.finish();
 }
 
 criterion_group!(benches, bench);

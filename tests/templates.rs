@@ -1282,3 +1282,17 @@ fn a_callers_own_values_type_expands_like_a_map() {
         "https://t.example/pb?cid=a%2Fb&p=0.99"
     );
 }
+
+#[test]
+fn a_dollar_brace_token_in_the_brace_dialect_is_flagged_as_foreign() {
+    let t = Template::parse("https://t.example/pb?cid=${sub1}").unwrap();
+    assert_eq!(
+        t.lints(),
+        [Lint::ForeignDialect {
+            token: "${sub1}".into(),
+            dialect: Dialect::Dollar,
+            name: "sub1".into(),
+            at: 25,
+        }]
+    );
+}

@@ -393,6 +393,16 @@ impl Template {
                     items.push(Item::Lit(s));
                 }
                 Token::Macro { name, raw, at } => {
+                    // `${sub1}` in the brace dialect would send `$` and the value: PropellerAds'
+                    // dialect written where ours was meant.
+                    if dialect == Dialect::Brace && at > 0 && src.as_bytes()[at - 1] == b'$' {
+                        lints.push(Lint::ForeignDialect {
+                            token: format!("${raw}"),
+                            dialect: Dialect::Dollar,
+                            at: at - 1,
+                            name: name.to_ascii_lowercase(),
+                        });
+                    }
                     let canonical = dialect.canonical_name(name);
                     match catalog.lookup(&canonical) {
                         Some(mac) => {
