@@ -1,10 +1,6 @@
 //! Percent-encoding sets by position, and the HTML escaping used for pixels.
 
-use std::sync::LazyLock;
-
-use percent_encoding::{
-    AsciiSet, CONTROLS, percent_encode, percent_encode_byte, utf8_percent_encode,
-};
+use percent_encoding::{AsciiSet, CONTROLS, percent_encode_byte, utf8_percent_encode};
 
 /// WHATWG query set: what a browser encodes in a query.
 const QUERY: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'#').add(b'<').add(b'>');
@@ -26,9 +22,11 @@ const USERINFO: &AsciiSet = &PATH
 pub(crate) const COMPONENT: &AsciiSet = &USERINFO.add(b'$').add(b'%').add(b'&').add(b'+').add(b',');
 /// The path-segment set: the path set plus `/`, `\\` (which URL parsers read as `/`) and `%`, so
 /// a value stays one segment.
+#[cfg_attr(not(test), allow(dead_code))] // the oracle for `ESCAPE`
 pub(crate) const PATH_SEGMENT: &AsciiSet = &PATH.add(b'/').add(b'\\').add(b'%');
 /// Everything but the unreserved characters: safe in HTML text, either kind of quoted attribute,
 /// a JavaScript string and a URL at once, for HTML/JS code whose context we cannot know.
+#[cfg_attr(not(test), allow(dead_code))] // the oracle for `ESCAPE`
 pub(crate) const STRICT: &AsciiSet = &percent_encoding::NON_ALPHANUMERIC
     .remove(b'-')
     .remove(b'.')
@@ -56,6 +54,7 @@ pub(crate) enum Position {
 }
 
 impl Position {
+    #[cfg(test)]
     fn set(self) -> &'static AsciiSet {
         match self {
             Position::Component => COMPONENT,
@@ -75,27 +74,44 @@ impl Position {
     }
 }
 
-/// For every byte, a bit per [`Position`] set when the byte is percent-encoded there. Built once
-/// from the sets above, so it cannot drift from them: one load and one test per byte in the hot
-/// loop instead of `percent_encoding`'s per-chunk iterator.
-static ESCAPE: LazyLock<[u8; 256]> = LazyLock::new(|| {
-    let mut t = [0u8; 256];
-    for (b, bits) in (0u8..=255).zip(t.iter_mut()) {
-        for pos in [Position::Component, Position::PathSegment, Position::Strict] {
-            // An encoded byte comes out as `%XX`, any other as itself.
-            if percent_encode(&[b], pos.set())
-                .next()
-                .is_some_and(|c| c.len() == 3)
-            {
-                *bits |= pos.bit();
+/// For every byte, a bit per [`Position`] set when the byte is percent-encoded there: one load
+/// and one test per byte in the hot loop. Built at compile time from the byte lists below; a unit
+/// test checks it against the `AsciiSet`s above, so the two cannot drift apart.
+const ESCAPE: [u8; 256] = {
+    const QUERY_BYTES: &[u8] = b" \"#<>";
+    const PATH_BYTES: &[u8] = b"?`{}^";
+    const USERINFO_BYTES: &[u8] = b"/:;=@[\\]|";
+    const COMPONENT_BYTES: &[u8] = b"$%&+,";
+    const SEGMENT_BYTES: &[u8] = b"/\\%";
+    const fn has(list: &[u8], b: u8) -> bool {
+        let mut i = 0;
+        while i < list.len() {
+            if list[i] == b {
+                return true;
             }
+            i += 1;
         }
+        false
+    }
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        // Controls, DEL and every non-ASCII byte are encoded everywhere.
+        let always = b < 0x20 || b >= 0x7f;
+        let path = always || has(QUERY_BYTES, b) || has(PATH_BYTES, b);
+        let component = path || has(USERINFO_BYTES, b) || has(COMPONENT_BYTES, b);
+        let segment = path || has(SEGMENT_BYTES, b);
+        let strict =
+            !(b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_' || b == b'~');
+        t[i] = (component as u8) | ((segment as u8) << 1) | ((strict as u8) << 2);
+        i += 1;
     }
     t
-});
+};
 
 /// Append `s` encoded for `pos`.
-#[inline]
+#[inline(always)]
 pub(crate) fn encode_into(out: &mut String, s: &str, pos: Position) {
     let table: &[u8; 256] = &ESCAPE;
     let bit = pos.bit();

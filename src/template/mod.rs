@@ -624,7 +624,7 @@ impl Template {
 
     /// Write one value; `false` when it does not fit its macro (the caller builds the error on
     /// the cold path, so the hot loop carries no large error type).
-    #[inline]
+    #[inline(always)]
     fn write_value(out: &mut String, v: Value<'_>, seg: &Seg) -> bool {
         if seg.flags & CURRENCY != 0 {
             let code = match v {
