@@ -2,19 +2,28 @@
 //!
 //! A sans-IO postback engine for affiliate networks and trackers: partner postbacks at three
 //! levels with override precedence, macro templates that encode every value for its position,
-//! and (in later layers) a delivery state machine that disables a postback after 25 failures.
+//! and a delivery state machine that retries on a schedule and disables a postback after 25
+//! failures, telling the network's manager.
 //!
 //! The crate reads no clock, opens no socket, spawns no thread and draws no randomness: callers
-//! pass `now`, jitter and an HTTP transport.
+//! pass `now`, a jitter seed and an HTTP transport ([`transport::Transport`]).
 //!
 //! Layers, each using only those above it:
 //!
 //! | module | owns |
 //! | --- | --- |
-//! | [`template`] | parsing, dialects, encoding per position, currency first, lints |
+//! | [`template`] | parsing, dialects, encoding per position, currency first, money, lints |
 //! | [`model`] | ids, kinds, levels, methods, status, the validated [`Postback`](model::Postback) |
-//! | [`registry`] | indexed postbacks and precedence resolution |
+//! | [`registry`] | indexed postbacks and precedence resolution, with reasons |
 //! | [`access`] | who may change which postback, and the audit trail |
+//! | [`delivery`] | one firing as a state machine: retry policy, failure taxonomy, debug info |
+//! | [`net`] | the network policy against server-side request forgery |
+//! | [`engine`] | registry, templates and deliveries composed: `handle_*` in, `poll_*` out |
+//! | [`transport`] | the HTTP transport traits, clocks, and blocking and async drivers |
+//! | [`presets`] | postback templates for well-known trackers |
+//!
+//! `template` sits above `model` because a postback is validated by parsing its template when
+//! it is built; the template engine itself knows nothing of postbacks.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod access;
