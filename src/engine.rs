@@ -504,7 +504,7 @@ impl Engine {
             Method::ServerToServer { http } => http,
             _ => Default::default(),
         };
-        let mut req = Outbound::new(http, url)?;
+        let mut req = Outbound::new(http, url)?.with_secrets(pb.secrets().to_vec());
         if let Some(h) = &self.config.idempotency_header {
             req = req.header(h, &id_text)?;
         }

@@ -386,6 +386,7 @@ pub struct Postback {
     delay: Duration,
     template: Template,
     response_check: Option<ResponseCheck>,
+    secrets: Vec<String>,
 }
 
 impl fmt::Debug for Postback {
@@ -396,7 +397,10 @@ impl fmt::Debug for Postback {
             .field("kind", &self.kind)
             .field("method", &self.method)
             .field("status", &self.status)
-            .field("template", &self.template)
+            .field(
+                "template",
+                &crate::template::redact_url_with(self.template.as_str(), &self.secrets),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -426,6 +430,7 @@ impl Postback {
             catalog: Some(rebuild_catalog(&self.template)),
             template: Some(self.template.clone()),
             response_check: self.response_check.clone(),
+            secrets: self.secrets.clone(),
         }
     }
 
@@ -481,6 +486,11 @@ impl Postback {
     pub fn response_check(&self) -> Option<&ResponseCheck> {
         self.response_check.as_ref()
     }
+    /// Literal parts of the URL that are secrets (a tracker's key in the path, say): redacted
+    /// from debug output and attempt records.
+    pub fn secrets(&self) -> &[String] {
+        &self.secrets
+    }
     /// Bytes this postback holds on the heap (capacity planning).
     pub fn heap_bytes(&self) -> usize {
         self.description.len() + self.template.heap_bytes()
@@ -525,6 +535,7 @@ pub struct PostbackBuilder {
     /// The already-parsed template, reused when the source and parsing inputs did not change.
     template: Option<Template>,
     response_check: Option<ResponseCheck>,
+    secrets: Vec<String>,
 }
 
 impl fmt::Debug for PostbackBuilder {
@@ -557,6 +568,7 @@ impl PostbackBuilder {
             catalog: None,
             template: None,
             response_check: None,
+            secrets: Vec::new(),
         }
     }
 
@@ -639,6 +651,16 @@ impl PostbackBuilder {
         self
     }
 
+    /// Mark literal text of the URL as a secret, to be redacted from debug output and attempt
+    /// records (query values named like `token` or `key` are redacted anyway).
+    pub fn secret(mut self, s: impl Into<String>) -> Self {
+        let s = s.into();
+        if !s.is_empty() && !self.secrets.contains(&s) {
+            self.secrets.push(s);
+        }
+        self
+    }
+
     /// Validate and build.
     pub fn build(self) -> Result<Postback, ConfigError> {
         let (level, method) = if self.kind == Kind::Cpc {
@@ -717,6 +739,7 @@ impl PostbackBuilder {
             delay: self.delay,
             template,
             response_check: self.response_check,
+            secrets: self.secrets,
         })
     }
 }
@@ -737,6 +760,8 @@ struct PostbackData {
     template: Template,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     response_check: Option<ResponseCheck>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    secrets: Vec<String>,
 }
 
 impl From<Postback> for PostbackData {
@@ -751,6 +776,7 @@ impl From<Postback> for PostbackData {
             delay_ms: u64::try_from(p.delay.as_millis()).unwrap_or(u64::MAX),
             template: p.template,
             response_check: p.response_check,
+            secrets: p.secrets,
         }
     }
 }
@@ -771,6 +797,7 @@ impl TryFrom<PostbackData> for Postback {
         b.source = Some(d.template.as_str().to_owned());
         b.template = Some(d.template);
         b.response_check = d.response_check;
+        b.secrets = d.secrets;
         b.build()
     }
 }

@@ -206,10 +206,16 @@ impl Tracker {
         }
         // Build once now, so a bad domain or key is reported here and not at send time.
         Template::parse(&url)?;
+        let secrets = match (self, params.key.as_deref()) {
+            // Keitaro's key and TUNE's token open the tracker to anyone who has them.
+            (Tracker::Keitaro | Tracker::Tune, Some(k)) => vec![k.to_owned()],
+            _ => Vec::new(),
+        };
         Ok(Preset {
             tracker: self,
             url,
             response_check: self.response_check(),
+            secrets,
         })
     }
 }
@@ -306,13 +312,18 @@ pub struct Preset {
     tracker: Tracker,
     url: String,
     response_check: Option<ResponseCheck>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    secrets: Vec<String>,
 }
 
 impl fmt::Debug for Preset {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Preset")
             .field("tracker", &self.tracker)
-            .field("url", &crate::template::redact_url(&self.url))
+            .field(
+                "url",
+                &crate::template::redact_url_with(&self.url, &self.secrets),
+            )
             .field("response_check", &self.response_check)
             .finish()
     }
@@ -338,7 +349,10 @@ impl Preset {
     /// A server-to-server postback builder with this URL and check; add the partner, offer and
     /// kind, then build.
     pub fn postback(&self, id: PostbackId) -> PostbackBuilder {
-        let b = crate::model::Postback::builder(id).url(self.url.clone());
+        let mut b = crate::model::Postback::builder(id).url(self.url.clone());
+        for secret in &self.secrets {
+            b = b.secret(secret.clone());
+        }
         match &self.response_check {
             Some(c) => b.response_check(c.clone()),
             None => b,

@@ -219,3 +219,34 @@ fn a_rebuilt_postback_keeps_its_custom_macros() {
         "without the catalogue the custom macro is unknown"
     );
 }
+
+#[test]
+fn attempt_records_redact_a_secret_in_the_path() {
+    let mut reg = Registry::new();
+    let pb = Postback::builder(PB)
+        .partner(PARTNER)
+        .url("https://k.example/K3YS3CRET/postback?subid={sub1}")
+        .secret("K3YS3CRET")
+        .build()
+        .unwrap();
+    reg.insert(pb).unwrap();
+    let mut e = Engine::new(EngineConfig::default(), reg);
+    convert(&mut e, t0());
+    let tx = e.poll_transmit(t0()).unwrap();
+    // The partner gets the real URL; the records do not keep the key.
+    assert_eq!(
+        tx.request.uri(),
+        "https://k.example/K3YS3CRET/postback?subid=clk"
+    );
+    e.handle_response(t0(), tx.delivery, status(200)).unwrap();
+    match &events(&mut e)[..] {
+        [Event::Delivered { record }] => {
+            assert_eq!(
+                record.attempts()[0].url,
+                "https://k.example/***/postback?subid=clk"
+            );
+            assert!(!format!("{record:?}").contains("K3YS3CRET"));
+        }
+        other => panic!("{other:?}"),
+    }
+}

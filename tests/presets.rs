@@ -223,3 +223,20 @@ fn every_preset_builds_a_valid_server_to_server_postback() {
         assert_eq!(pb.response_check().is_some(), t == Tracker::Tune, "{t}");
     }
 }
+
+#[test]
+fn a_keitaro_key_in_the_path_is_kept_out_of_debug_output() {
+    let preset = Tracker::Keitaro
+        .preset(&PresetParams::new("k.example").key("Sup3rS3cret"))
+        .unwrap();
+    assert!(!format!("{preset:?}").contains("Sup3rS3cret"));
+    let pb = preset
+        .postback(PostbackId::new(1))
+        .partner(1.into())
+        .build()
+        .unwrap();
+    assert_eq!(pb.secrets(), ["Sup3rS3cret".to_owned()]);
+    let shown = format!("{pb:?}");
+    assert!(!shown.contains("Sup3rS3cret"), "{shown}");
+    assert!(shown.contains("https://k.example/***/postback"), "{shown}");
+}

@@ -38,7 +38,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{HttpMethod, PostbackId, ResponseCheck};
-use crate::template::redact_url;
+use crate::template::{redact_url, redact_url_with};
 
 pub(crate) use policy::add;
 pub use policy::{Classifier, DEFAULT_SCHEDULE, DisablePolicy, OnFailure, RetryPolicy};
@@ -202,13 +202,16 @@ pub struct Outbound {
     method: HttpMethod,
     url: String,
     headers: Vec<(String, String)>,
+    /// Literal secrets of the URL, redacted from records and debug output.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    secrets: Vec<String>,
 }
 
 impl fmt::Debug for Outbound {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Outbound")
             .field("method", &self.method)
-            .field("url", &redact_url(&self.url))
+            .field("url", &self.redacted_url())
             .field(
                 "headers",
                 &self.headers.iter().map(|(k, _)| k).collect::<Vec<_>>(),
@@ -240,6 +243,7 @@ impl Outbound {
             method,
             url,
             headers: Vec::new(),
+            secrets: Vec::new(),
         })
     }
 
@@ -251,6 +255,19 @@ impl Outbound {
             .map_err(|_| RequestError::InvalidHeader(name.to_owned()))?;
         self.headers.push((name.to_owned(), value.to_owned()));
         Ok(self)
+    }
+
+    /// Literal parts of the URL to redact from records and debug output (see
+    /// [`Postback::secrets`](crate::model::Postback::secrets)).
+    #[must_use]
+    pub fn with_secrets(mut self, secrets: Vec<String>) -> Outbound {
+        self.secrets = secrets;
+        self
+    }
+
+    /// The URL with secrets redacted: secret-looking query values and the named secrets.
+    pub fn redacted_url(&self) -> String {
+        redact_url_with(&self.url, &self.secrets)
     }
 
     /// The URL.
@@ -641,7 +658,7 @@ impl Delivery {
         self.attempts.push(Attempt {
             number,
             at: since,
-            url: redact_url(&self.request.url),
+            url: self.request.redacted_url(),
             status,
             body,
             duration: (now - since).to_std().unwrap_or_default(),

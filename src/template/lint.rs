@@ -233,6 +233,23 @@ pub fn redact_url(url: &str) -> String {
     out
 }
 
+/// [`redact_url`], and every occurrence of the given secrets (as written or percent-encoded)
+/// replaced by `***`: for secrets that sit where no parameter name gives them away, such as
+/// Keitaro's postback key in the path.
+pub fn redact_url_with(url: &str, secrets: &[String]) -> String {
+    let mut out = redact_url(url);
+    for secret in secrets.iter().filter(|s| !s.is_empty()) {
+        let encoded: String =
+            percent_encoding::utf8_percent_encode(secret, crate::template::COMPONENT_SET).collect();
+        for form in [secret.as_str(), encoded.as_str()] {
+            if out.contains(form) {
+                out = out.replace(form, "***");
+            }
+        }
+    }
+    out
+}
+
 pub(crate) fn redact_query(s: &str) -> String {
     redact_url(s)
 }
@@ -248,5 +265,14 @@ mod tests {
             "https://x.com/a?cid=1&security_token=***&api_key=***&k=v#f"
         );
         assert_eq!(redact_url("https://x.com/a"), "https://x.com/a");
+    }
+
+    #[test]
+    fn named_secrets_are_redacted_anywhere() {
+        let secrets = vec!["k3y/x".to_owned(), String::new()];
+        assert_eq!(
+            redact_url_with("https://x.com/k3y/x/pb?a=k3y%2Fx&cid=1", &secrets),
+            "https://x.com/***/pb?a=***&cid=1"
+        );
     }
 }

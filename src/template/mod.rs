@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 
 pub use catalog::{Catalog, CatalogError, Macro};
 pub(crate) use encode::COMPONENT as COMPONENT_SET;
-pub use lint::{Lint, SampleValues, redact_url};
+pub use lint::{Lint, SampleValues, redact_url, redact_url_with};
 pub use money::{Amount, AmountError, Currency, CurrencyError};
 pub use syntax::{Dialect, UnknownDialect};
 pub use values::{Encoded, MacroValues, NotEncoded, OwnedValue, UnknownName, Value, ValueMap};
