@@ -250,10 +250,6 @@ pub fn redact_url_with(url: &str, secrets: &[String]) -> String {
     out
 }
 
-pub(crate) fn redact_query(s: &str) -> String {
-    redact_url(s)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -304,7 +304,7 @@ impl fmt::Debug for Template {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The source may carry partner tokens in literal form; show its shape, not its secrets.
         f.debug_struct("Template")
-            .field("source", &lint::redact_query(&self.source))
+            .field("source", &redact_url(&self.source))
             .field("context", &self.context)
             .field("macros", &self.segs.len())
             .finish_non_exhaustive()
