@@ -270,6 +270,14 @@ pub struct Health {
     pub last_success: Option<DateTime<Utc>>,
 }
 
+impl Health {
+    /// A success or an enable starts the count again.
+    fn clear_failures(&mut self) {
+        self.consecutive_failures = 0;
+        self.recent_failures.clear();
+    }
+}
+
 /// Values of a trigger plus the delivery id.
 struct WithDeliveryId<'a, V: ?Sized> {
     inner: &'a V,
@@ -562,16 +570,8 @@ impl Engine {
             };
             // The registry may have changed behind the engine's back (`registry_mut`): never send
             // for a postback that is gone or off.
-            let pid = d.postback();
-            if !d.is_test() {
-                if self.registry.get(pid).is_none() {
-                    self.abandon(now, id);
-                    continue;
-                }
-                if self.postback_is_off(pid) {
-                    self.hold(id);
-                    continue;
-                }
+            if !d.is_test() && self.park_if_off(now, id, d.postback()) {
+                continue;
             }
             let Some(d) = self.deliveries.get_mut(&id) else {
                 continue;
@@ -613,8 +613,7 @@ impl Engine {
         match progress {
             Progress::Delivered { .. } => {
                 let h = self.health.entry(pid).or_default();
-                h.consecutive_failures = 0;
-                h.recent_failures.clear();
+                h.clear_failures();
                 h.last_success = Some(now);
                 let record = self.finish(id).expect("present");
                 self.events.push_back(Event::Delivered {
@@ -630,11 +629,7 @@ impl Engine {
                 if counted {
                     self.count_failure(now, pid, id, failures);
                 }
-                if self.registry.get(pid).is_none() {
-                    self.abandon(now, id);
-                } else if self.postback_is_off(pid) {
-                    self.hold(id);
-                } else {
+                if !self.park_if_off(now, id, pid) {
                     self.timers.insert((at, id));
                     self.events.push_back(Event::RetryScheduled {
                         delivery: id,
@@ -664,6 +659,17 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// A delivery whose postback is gone ends (reported); one whose postback is off is held.
+    /// Returns whether either happened.
+    fn park_if_off(&mut self, now: DateTime<Utc>, id: DeliveryId, pid: PostbackId) -> bool {
+        match self.registry.get(pid) {
+            None => self.abandon(now, id),
+            Some(p) if !p.status().is_active() => self.hold(id),
+            Some(_) => return false,
+        }
+        true
     }
 
     /// End a delivery whose postback was deleted, and report it.
@@ -713,19 +719,22 @@ impl Engine {
         let h = self.health.entry(pid).or_default();
         h.consecutive_failures += 1;
         h.recent_failures.push_back(now);
+        // Keep only as many failure times as the policy can look at.
+        let keep = match self.config.disable {
+            DisablePolicy::PerDelivery { failures }
+            | DisablePolicy::ConsecutiveWithin { failures, .. } => failures as usize,
+            DisablePolicy::Never => 0,
+        };
+        while h.recent_failures.len() > keep {
+            h.recent_failures.pop_front();
+        }
         let reason = match self.config.disable {
-            DisablePolicy::PerDelivery { failures } => {
-                while h.recent_failures.len() > failures as usize {
-                    h.recent_failures.pop_front();
-                }
-                (delivery_failures >= failures).then(|| {
-                    format!("{delivery_failures} failed attempts of delivery {id} from the receiving server")
-                })
-            }
+            DisablePolicy::PerDelivery { failures } => (delivery_failures >= failures).then(|| {
+                format!(
+                    "{delivery_failures} failed attempts of delivery {id} from the receiving server"
+                )
+            }),
             DisablePolicy::ConsecutiveWithin { failures, window } => {
-                while h.recent_failures.len() > failures as usize {
-                    h.recent_failures.pop_front();
-                }
                 let first = h.recent_failures.front().copied();
                 let within =
                     first.is_some_and(|f| (now - f).to_std().unwrap_or_default() <= window);
@@ -739,10 +748,7 @@ impl Engine {
                         )
                     })
             }
-            DisablePolicy::Never => {
-                h.recent_failures.clear();
-                None
-            }
+            DisablePolicy::Never => None,
         };
         if let Some(reason) = reason {
             self.disable_automatically(now, pid, id, reason);
@@ -886,9 +892,7 @@ impl Engine {
 
     /// After a postback became active again: a fresh failure count, held deliveries due now.
     fn reactivate(&mut self, now: DateTime<Utc>, id: PostbackId) {
-        let h = self.health.entry(id).or_default();
-        h.consecutive_failures = 0;
-        h.recent_failures.clear();
+        self.health.entry(id).or_default().clear_failures();
         let replayed = self.replay(now, id);
         self.events.push_back(Event::Reenabled {
             postback: id,

@@ -196,8 +196,10 @@ pub struct Attempt {
     pub counted: bool,
 }
 
-/// The request a delivery sends, kept as plain data so that a delivery serializes.
+/// The request a delivery sends, kept as plain data so that a delivery serializes. Checked when
+/// made and again when deserialized, so building its `http::Request` cannot fail.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "OutboundData")]
 pub struct Outbound {
     method: HttpMethod,
     url: String,
@@ -205,6 +207,27 @@ pub struct Outbound {
     /// Literal secrets of the URL, redacted from records and debug output.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     secrets: Vec<String>,
+}
+
+/// The serialized form of [`Outbound`], checked on the way in.
+#[derive(Deserialize)]
+struct OutboundData {
+    method: HttpMethod,
+    url: String,
+    headers: Vec<(String, String)>,
+    #[serde(default)]
+    secrets: Vec<String>,
+}
+
+impl TryFrom<OutboundData> for Outbound {
+    type Error = RequestError;
+    fn try_from(d: OutboundData) -> Result<Self, Self::Error> {
+        let mut out = Outbound::new(d.method, d.url)?.with_secrets(d.secrets);
+        for (k, v) in &d.headers {
+            out = out.header(k, v)?;
+        }
+        Ok(out)
+    }
 }
 
 impl fmt::Debug for Outbound {
@@ -576,8 +599,8 @@ impl Delivery {
                     Action::Send(req)
                 }
                 Err(e) => {
-                    // Checked at construction, so only a corrupted restore lands here; record it
-                    // as our own error rather than panic or lose the delivery.
+                    // Unreachable: the request was checked when made or deserialized. Should it
+                    // happen, record our own error rather than panic or lose the delivery.
                     self.state = State::InFlight { since: now };
                     let _ = self.handle_failure(
                         now,
@@ -667,7 +690,6 @@ impl Delivery {
         });
         let Some(failure) = failure else {
             self.state = State::Delivered { at: now };
-            self.refusals = 0;
             return Progress::Delivered { attempts: number };
         };
         let give_up = |this: &mut Delivery, reason| {
@@ -703,7 +725,9 @@ impl Delivery {
         }
         // The schedule advances with every attempt, counted or not, so a local fault cannot
         // turn into a tight loop.
-        let step = number - self.released_after.min(number - 1);
+        // `released_after` counts attempts before the last release, so this is 1 right after one
+        // (saturating: a hand-edited state must not underflow).
+        let step = number.saturating_sub(self.released_after);
         let at = policy.next_attempt_at(now, step, self.id, retry_after);
         self.state = State::Scheduled { at };
         Progress::Retry {

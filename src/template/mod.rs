@@ -769,16 +769,24 @@ impl Template {
         for (name, m) in self.custom.iter() {
             c.register_at(name, *m);
         }
-        let click: Vec<Macro> = self
+        let click = self.click_id_macros();
+        if !click.is_empty() {
+            c.set_click_id_macros(click);
+        }
+        c
+    }
+
+    /// The distinct macros of this template that carry a click id, sorted.
+    fn click_id_macros(&self) -> Vec<Macro> {
+        let mut click: Vec<Macro> = self
             .segs
             .iter()
             .filter(|s| s.flags & CLICK_ID != 0)
             .map(|s| s.mac)
             .collect();
-        if !click.is_empty() {
-            c.set_click_id_macros(click);
-        }
-        c
+        click.sort_unstable();
+        click.dedup();
+        click
     }
 
     /// Bytes held on the heap by this template (for capacity planning).
@@ -1131,14 +1139,6 @@ struct TemplateSpec {
 
 impl Serialize for Template {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut click: Vec<Macro> = self
-            .segs
-            .iter()
-            .filter(|x| x.flags & CLICK_ID != 0)
-            .map(|x| x.mac)
-            .collect();
-        click.sort_unstable();
-        click.dedup();
         TemplateSpec {
             source: self.source.to_string(),
             context: self.context,
@@ -1148,7 +1148,7 @@ impl Serialize for Template {
                 .iter()
                 .map(|(n, m)| (n.to_string(), *m))
                 .collect(),
-            click_id_macros: Some(click),
+            click_id_macros: Some(self.click_id_macros()),
         }
         .serialize(s)
     }
@@ -1161,7 +1161,7 @@ impl<'de> Deserialize<'de> for Template {
         for (name, m) in &spec.custom_macros {
             if m.is_builtin() || catalog.lookup(name).is_some() {
                 return Err(serde::de::Error::custom(format!(
-                    "custom macro `{name}` clashes"
+                    "custom macro `{name}` clashes with a built-in or repeated name: rename it in the stored template"
                 )));
             }
             catalog.register_at(name, *m);
