@@ -9,6 +9,13 @@ use postback::template::{
 };
 use proptest::prelude::*;
 
+/// What HTML code keeps of a value: the unreserved characters.
+const STRICT: &percent_encoding::AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 /// Path `a{sub2}b` (part of a segment) and `{sub3}` (a whole one), a macro in a key, the currency
 /// written third (so it moves first), and a fragment.
 const URL: &str = "https://t.example/p/a{sub2}b/{sub3}/end?cid={sub1}&k{sub4}=v&cur={currency}&pay={payout}&t={sub5}#frag-{sub6}";
@@ -282,6 +289,44 @@ proptest! {
             prop_assert!(expanded.starts_with("https://t.example/"));
             let raw = [' ', '"', '<', '>', '\\', '|', '{', '}', '\n'];
             prop_assert!(!expanded.contains(raw), "{}", expanded);
+        }
+    }
+
+    #[test]
+    fn html_code_keeps_any_literal_text_byte_for_byte(
+        lits in prop::collection::vec(
+            prop::collection::vec(
+                prop_oneof![
+                    3 => prop::char::range(' ', '~').prop_filter("no braces", |c| *c != '{' && *c != '}'),
+                    1 => prop::sample::select(vec!['é', '€', '😀', '日', '\u{85}', '\n']),
+                ],
+                0..40,
+            )
+            .prop_map(String::from_iter),
+            2..6,
+        ),
+        sub1 in value(),
+    ) {
+        // Literal pieces of every length around 16 bytes, with multi-byte characters at any
+        // offset: expansion copies short pieces in fixed 16-byte blocks, which must never cut a
+        // character or carry bytes of the next piece.
+        let mut src = String::from("<p>");
+        for lit in &lits {
+            src.push_str(lit);
+            src.push_str("{sub1}");
+        }
+        src.push_str("</p>");
+        let t = Template::parse_html(&src).unwrap();
+        let encoded: String = utf8_percent_encode(&sub1, STRICT).collect();
+        let mut expected = String::from("<p>");
+        for lit in &lits {
+            expected.push_str(lit);
+            expected.push_str(&encoded);
+        }
+        expected.push_str("</p>");
+        match t.expand(&ValueMap::new().with(Macro::SUB1, sub1.as_str())) {
+            Ok(out) => prop_assert_eq!(out, expected.trim()),
+            Err(e) => prop_assert!(sub1.is_empty(), "{e}"),
         }
     }
 }

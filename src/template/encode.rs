@@ -1,6 +1,6 @@
 //! Percent-encoding sets by position, and the HTML escaping used for pixels.
 
-use percent_encoding::{AsciiSet, CONTROLS, percent_encode_byte, utf8_percent_encode};
+use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 
 /// WHATWG query set: what a browser encodes in a query.
 const QUERY: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'#').add(b'<').add(b'>');
@@ -113,25 +113,62 @@ const ESCAPE: [u8; 256] = {
 /// Append `s` encoded for `pos`.
 #[inline(always)]
 pub(crate) fn encode_into(out: &mut String, s: &str, pos: Position) {
-    let table: &[u8; 256] = &ESCAPE;
     let bit = pos.bit();
-    let bytes = s.as_bytes();
-    // One pass: runs that need nothing are copied whole. A run starts after an encoded byte and
-    // ends before one, at ASCII bytes (every non-ASCII byte is encoded), so both ends are char
-    // boundaries.
-    let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        if table[usize::from(b)] & bit != 0 {
-            if start < i {
-                out.push_str(&s[start..i]);
-            }
-            out.push_str(percent_encode_byte(b));
-            start = i + 1;
+    let clean = clean_prefix(s.as_bytes(), bit);
+    // Most values (ids, numbers, countries) need nothing and are copied in one piece.
+    match s.split_at_checked(clean) {
+        Some((head, "")) => out.push_str(head),
+        Some((head, rest)) => {
+            out.push_str(head);
+            encode_rest(out, rest.as_bytes(), bit);
         }
+        None => encode_rest(out, s.as_bytes(), bit),
     }
-    // Most values (ids, numbers) need nothing and are copied in one piece here.
-    if start < bytes.len() {
-        out.push_str(&s[start..]);
+}
+
+/// How many leading bytes need no encoding. Eight bytes are judged per step with one test, so an
+/// id of 24 clean bytes costs three branches instead of 24.
+#[inline(always)]
+fn clean_prefix(bytes: &[u8], bit: u8) -> usize {
+    let t: &[u8; 256] = &ESCAPE;
+    let mut i = 0;
+    let mut chunks = bytes.chunks_exact(8);
+    for c in &mut chunks {
+        let any = t[usize::from(c[0])]
+            | t[usize::from(c[1])]
+            | t[usize::from(c[2])]
+            | t[usize::from(c[3])]
+            | t[usize::from(c[4])]
+            | t[usize::from(c[5])]
+            | t[usize::from(c[6])]
+            | t[usize::from(c[7])];
+        if any & bit != 0 {
+            break;
+        }
+        i += 8;
+    }
+    while i < bytes.len() && t[usize::from(bytes[i])] & bit == 0 {
+        i += 1;
+    }
+    i
+}
+
+/// Encode from the first byte that needs it. Not inlined: the common clean value stays a short
+/// path in the caller's loop.
+#[inline(never)]
+fn encode_rest(out: &mut String, bytes: &[u8], bit: u8) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let t: &[u8; 256] = &ESCAPE;
+    for &b in bytes {
+        // `& 0x7f` tells the compiler each pushed byte is ASCII, so a push is one store and no
+        // call. A byte kept as is is ASCII: every non-ASCII byte is encoded.
+        if t[usize::from(b)] & bit != 0 {
+            out.push('%');
+            out.push(char::from(HEX[usize::from(b >> 4)] & 0x7f));
+            out.push(char::from(HEX[usize::from(b & 15)] & 0x7f));
+        } else {
+            out.push(char::from(b & 0x7f));
+        }
     }
 }
 

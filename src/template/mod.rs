@@ -266,6 +266,27 @@ struct Seg {
     flags: u8,
 }
 
+/// Spaces after the literal text, so that a short literal can be copied as 16 bytes.
+const PAD: &str = "                ";
+
+/// Append `lits[start..end]`. A piece of at most 16 bytes is copied as exactly 16 (reaching into
+/// the next piece or [`PAD`]) and cut back: a fixed-size copy is a couple of moves, where a copy
+/// of unknown length is a call into `memcpy`. Most literals between macros are short
+/// (`&sub1=`). Only where the buffer has room for the 16, so a buffer sized for the output is
+/// never grown.
+#[inline(always)]
+fn push_literal(out: &mut String, lits: &str, start: usize, end: usize) {
+    let at = out.len();
+    match lits.get(start..start + 16) {
+        // `get` fails off a character boundary (non-ASCII HTML code): the general copy then.
+        Some(chunk) if end - start <= 16 && out.capacity() - at >= 16 => {
+            out.push_str(chunk);
+            out.truncate(at + (end - start));
+        }
+        _ => out.push_str(&lits[start..end]),
+    }
+}
+
 /// The last macro of a path segment whose literal text is only dots: after it, check that the
 /// segment as expanded is not `.` or `..`.
 const DOT_CHECK: u8 = 1;
@@ -294,6 +315,7 @@ pub struct Template {
     source: Box<str>,
     context: Context,
     options: Options,
+    /// The literal text between macros, followed by [`PAD`].
     lits: Box<str>,
     segs: Box<[Seg]>,
     custom: Box<[(Box<str>, Macro)]>,
@@ -456,10 +478,11 @@ impl Template {
             lints: Box::default(),
         };
         let name_of = |m: Macro| t.name_in(m, catalog).into_owned();
-        let (lits, segs) = match context {
+        let (mut lits, segs) = match context {
             Context::Url => compile_url(&items, catalog, options, &mut lints, &name_of)?,
             Context::Html => compile_html(&items, catalog),
         };
+        lits.push_str(PAD);
         t.lits = lits.into_boxed_str();
         t.segs = segs.into_boxed_slice();
         if context == Context::Url {
@@ -489,7 +512,7 @@ impl Template {
             start = seg.lit_end as usize;
             s.push('x');
         }
-        s.push_str(&self.lits[start..]);
+        s.push_str(&self.text()[start..]);
         url::Url::parse(&s).map_err(|e| TemplateError::InvalidUrl(e.to_string()))?;
         http::Uri::try_from(s.as_str()).map_err(|e| TemplateError::InvalidUrl(e.to_string()))?;
         Ok(())
@@ -570,17 +593,23 @@ impl Template {
         r
     }
 
+    /// The literal text without its padding.
+    fn text(&self) -> &str {
+        &self.lits[..self.lits.len() - PAD.len()]
+    }
+
     fn expand_unchecked<V: MacroValues + ?Sized>(
         &self,
         out: &mut String,
         values: &V,
     ) -> Result<(), ExpandError> {
         let lits = &*self.lits;
+        let refuse_empty = self.options.empty == EmptyPolicy::Refuse;
         let mut start = 0;
-        let mut click_id = ClickIdCheck::Absent;
+        let mut click_id_filled = false;
         for seg in self.segs.iter() {
             let end = seg.lit_end as usize;
-            out.push_str(&lits[start..end]);
+            push_literal(out, lits, start, end);
             start = end;
             let before = out.len();
             if let Some(v) = values.value(seg.mac) {
@@ -589,43 +618,60 @@ impl Template {
                 }
             }
             if seg.flags & DOT_CHECK != 0 {
-                // Values never hold a raw `/`, so the segment starts after the last one.
-                let seg_start = out.rfind('/').map_or(0, |i| i + 1);
-                let rest = &lits[end..];
-                let tail = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
-                if is_dot_segment(&out[seg_start..], tail) {
-                    return Err(ExpandError::DotSegment(self.macro_name(seg.mac)));
-                }
+                self.check_dot_segment(out, seg)?;
             }
-            let empty = out.len() == before;
-            if empty && self.options.empty == EmptyPolicy::Refuse {
+            let filled = out.len() != before;
+            if refuse_empty && !filled {
                 return Err(ExpandError::Missing(self.macro_name(seg.mac)));
             }
-            if seg.flags & CLICK_ID != 0 && click_id != ClickIdCheck::Filled {
-                click_id = if empty {
-                    ClickIdCheck::Empty
-                } else {
-                    ClickIdCheck::Filled
-                };
-            }
+            click_id_filled |= filled & (seg.flags & CLICK_ID != 0);
         }
-        out.push_str(&lits[start..]);
-        if click_id == ClickIdCheck::Empty && self.options.require_click_id {
-            let names: Vec<String> = self
-                .segs
-                .iter()
-                .filter(|s| s.flags & CLICK_ID != 0)
-                .map(|s| self.macro_name(s.mac))
-                .collect();
-            return Err(ExpandError::NoClickId(names.join(", ")));
+        out.push_str(&self.text()[start..]);
+        if !click_id_filled && self.options.require_click_id && self.has_click_id() {
+            return Err(self.no_click_id());
         }
         Ok(())
+    }
+
+    /// After the last macro of a path segment whose literal text is only dots.
+    #[cold]
+    fn check_dot_segment(&self, out: &str, seg: &Seg) -> Result<(), ExpandError> {
+        // Values never hold a raw `/`, so the segment starts after the last one.
+        let seg_start = out.rfind('/').map_or(0, |i| i + 1);
+        let rest = &self.text()[seg.lit_end as usize..];
+        let tail = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+        if is_dot_segment(&out[seg_start..], tail) {
+            return Err(ExpandError::DotSegment(self.macro_name(seg.mac)));
+        }
+        Ok(())
+    }
+
+    #[cold]
+    fn no_click_id(&self) -> ExpandError {
+        let names: Vec<String> = self
+            .segs
+            .iter()
+            .filter(|s| s.flags & CLICK_ID != 0)
+            .map(|s| self.macro_name(s.mac))
+            .collect();
+        ExpandError::NoClickId(names.join(", "))
     }
 
     /// Write one value; `false` when it does not fit its macro (the caller builds the error on
     /// the cold path, so the hot loop carries no large error type).
     #[inline(always)]
     fn write_value(out: &mut String, v: Value<'_>, seg: &Seg) -> bool {
+        if seg.flags & (CURRENCY | MONEY) == 0 {
+            match v {
+                Value::Text(s) => encode::encode_into(out, s, seg.pos),
+                Value::Encoded(e) => out.push_str(e.as_str()),
+                Value::Int(n) => Amount::new(n, 0).write_to(out),
+                Value::Amount(a) => a.write_to(out),
+                Value::Currency(c) => c.write_to(out),
+                Value::Time(t) => Amount::new(t.timestamp(), 0).write_to(out),
+            }
+            return true;
+        }
         if seg.flags & CURRENCY != 0 {
             let code = match v {
                 Value::Currency(c) => c,
@@ -636,30 +682,19 @@ impl Template {
                 },
                 _ => return false,
             };
-            out.push_str(code.as_str());
-            return true;
-        }
-        if seg.flags & MONEY != 0 {
-            match v {
-                Value::Amount(a) => a.write_to(out),
-                Value::Int(n) => Amount::new(n, 0).write_to(out),
-                Value::Text(s) | Value::Encoded(Encoded(s)) => {
-                    if !s.is_empty() && s.parse::<Amount>().is_err() {
-                        return false;
-                    }
-                    out.push_str(s);
-                }
-                _ => return false,
-            }
+            code.write_to(out);
             return true;
         }
         match v {
-            Value::Text(s) => encode::encode_into(out, s, seg.pos),
-            Value::Encoded(e) => out.push_str(e.as_str()),
-            Value::Int(n) => Amount::new(n, 0).write_to(out),
             Value::Amount(a) => a.write_to(out),
-            Value::Currency(c) => out.push_str(c.as_str()),
-            Value::Time(t) => Amount::new(t.timestamp(), 0).write_to(out),
+            Value::Int(n) => Amount::new(n, 0).write_to(out),
+            Value::Text(s) | Value::Encoded(Encoded(s)) => {
+                if !s.is_empty() && s.parse::<Amount>().is_err() {
+                    return false;
+                }
+                out.push_str(s);
+            }
+            _ => return false,
         }
         true
     }
@@ -797,13 +832,6 @@ impl Template {
             + self.custom.iter().map(|(n, _)| n.len() + 24).sum::<usize>()
             + self.lints.len() * std::mem::size_of::<Lint>()
     }
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum ClickIdCheck {
-    Absent,
-    Empty,
-    Filled,
 }
 
 /// Assemble a URL template: normalized authority, then path, query (currency first) and
