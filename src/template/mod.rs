@@ -574,7 +574,7 @@ impl Template {
 
     /// Expand into a new string.
     pub fn expand<V: MacroValues + ?Sized>(&self, values: &V) -> Result<String, ExpandError> {
-        let mut out = String::with_capacity(self.lits.len() + 16 * self.segs.len());
+        let mut out = String::with_capacity(self.text().len() + 16 * self.segs.len());
         self.expand_into(&mut out, values)?;
         Ok(out)
     }
