@@ -175,27 +175,11 @@ impl NetPolicy {
     /// addresses are judged by the IPv4 address inside them.
     pub fn check_ip(&self, ip: IpAddr) -> Result<(), NetError> {
         let refuse = |range| Err(NetError::Forbidden { addr: ip, range });
-        if let Some(r) = self.also_forbid.iter().find(|r| r.contains(ip)) {
-            let _ = r;
+        if self.also_forbid.iter().any(|r| r.contains(ip)) {
             return refuse("forbidden by the network's own list");
         }
-        match ip {
-            IpAddr::V4(a) => {
-                if LOOPBACK_V4.contains(ip) {
-                    return if self.allow_loopback {
-                        Ok(())
-                    } else {
-                        refuse("loopback")
-                    };
-                }
-                match FORBIDDEN_V4.iter().find(|(r, _)| r.contains(ip)) {
-                    Some((_, what)) => refuse(what),
-                    None => {
-                        let _ = a;
-                        Ok(())
-                    }
-                }
-            }
+        let (loopback, forbidden): (IpRange, &[(IpRange, &str)]) = match ip {
+            IpAddr::V4(_) => (LOOPBACK_V4, &FORBIDDEN_V4),
             IpAddr::V6(a) => {
                 if let Some(inner) = embedded_v4(a) {
                     return self.check_ip(IpAddr::V4(inner)).map_err(|e| match e {
@@ -205,18 +189,19 @@ impl NetPolicy {
                         e => e,
                     });
                 }
-                if LOOPBACK_V6.contains(ip) {
-                    return if self.allow_loopback {
-                        Ok(())
-                    } else {
-                        refuse("loopback")
-                    };
-                }
-                match FORBIDDEN_V6.iter().find(|(r, _)| r.contains(ip)) {
-                    Some((_, what)) => refuse(what),
-                    None => Ok(()),
-                }
+                (LOOPBACK_V6, &FORBIDDEN_V6)
             }
+        };
+        if loopback.contains(ip) {
+            return if self.allow_loopback {
+                Ok(())
+            } else {
+                refuse("loopback")
+            };
+        }
+        match forbidden.iter().find(|(r, _)| r.contains(ip)) {
+            Some((_, what)) => refuse(what),
+            None => Ok(()),
         }
     }
 

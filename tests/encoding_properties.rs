@@ -325,7 +325,7 @@ proptest! {
         }
         expected.push_str("</p>");
         match t.expand(&ValueMap::new().with(Macro::SUB1, sub1.as_str())) {
-            Ok(out) => prop_assert_eq!(out, expected.trim()),
+            Ok(out) => prop_assert_eq!(out, expected),
             Err(e) => prop_assert!(sub1.is_empty(), "{e}"),
         }
     }

@@ -132,8 +132,7 @@ pub(crate) fn encode_into(out: &mut String, s: &str, pos: Position) {
 fn clean_prefix(bytes: &[u8], bit: u8) -> usize {
     let t: &[u8; 256] = &ESCAPE;
     let mut i = 0;
-    let mut chunks = bytes.chunks_exact(8);
-    for c in &mut chunks {
+    for c in bytes.chunks_exact(8) {
         let any = t[usize::from(c[0])]
             | t[usize::from(c[1])]
             | t[usize::from(c[2])]
