@@ -69,7 +69,7 @@ fn bench(c: &mut Criterion) {
     let mut e = engine();
     let region = Region::new(GLOBAL);
     for i in 0..IN_FLIGHT {
-        let t = Trigger::conversion(PartnerId::new(i % PARTNERS), OfferId::new(1));
+        let t = Trigger::conversion(i, PartnerId::new(i % PARTNERS), OfferId::new(1));
         let fired = e.handle_trigger(now, &t, &values);
         debug_assert_eq!(fired.deliveries.len(), 1);
     }
@@ -85,11 +85,11 @@ fn bench(c: &mut Criterion) {
     );
 
     let mut g = c.benchmark_group("delivery_lifecycle_with_1m_in_flight");
-    let mut i = 0u64;
+    let mut i = IN_FLIGHT;
     g.bench_function("engine: trigger + transmit + 200 + event", |b| {
         b.iter(|| {
             i += 1;
-            let t = Trigger::conversion(PartnerId::new(i % PARTNERS), OfferId::new(1));
+            let t = Trigger::conversion(i, PartnerId::new(i % PARTNERS), OfferId::new(1));
             let _ = black_box(e.handle_trigger(now, &t, &values));
             let tx = e.poll_transmit(now).expect("a delivery is due");
             e.handle_response(now, tx.delivery, Ok(ok()))

@@ -50,7 +50,12 @@ fn bench(c: &mut Criterion) {
     reg.insert(pb.expect("valid postback")).expect("unique id");
     let mut engine = Engine::new(EngineConfig::default().net(policy), reg);
     let now = DateTime::<Utc>::from_timestamp(1_767_225_600, 0).expect("valid time");
-    let trigger = Trigger::conversion(PartnerId::new(7), OfferId::new(42));
+    // Every iteration is a new conversion (a new trigger id), as in production.
+    let mut next = 0u64;
+    let mut trigger = move || {
+        next += 1;
+        Trigger::conversion(next, PartnerId::new(7), OfferId::new(42))
+    };
     let expanded = engine
         .registry()
         .get(PostbackId::new(1))
@@ -71,7 +76,7 @@ fn bench(c: &mut Criterion) {
     });
     g.bench_function("engine pipeline over the same client", |b| {
         b.iter(|| {
-            let fired = engine.handle_trigger(now, &trigger, &Conversion);
+            let fired = engine.handle_trigger(now, &trigger(), &Conversion);
             black_box(&fired);
             let tx = engine.poll_transmit(now).expect("due now");
             let result = transport
@@ -88,7 +93,7 @@ fn bench(c: &mut Criterion) {
         "engine pipeline, instant in-process 200 (overhead alone)",
         |b| {
             b.iter(|| {
-                let fired = engine.handle_trigger(now, &trigger, &Conversion);
+                let fired = engine.handle_trigger(now, &trigger(), &Conversion);
                 black_box(&fired);
                 let tx = engine.poll_transmit(now).expect("due now");
                 black_box(&tx.request);

@@ -144,25 +144,25 @@ fn bench(c: &mut Criterion) {
     let cases = [
         (
             "specific",
-            Trigger::conversion(p, offer_of(partner, k)),
+            Trigger::conversion(1, p, offer_of(partner, k)),
             Some(partner * PER_PARTNER + k),
             3,
         ),
         (
             "partner_global_fallthrough",
-            Trigger::conversion(p, unknown_offer),
+            Trigger::conversion(1, p, unknown_offer),
             Some(partner * PER_PARTNER),
             1,
         ),
         (
             "event",
-            Trigger::event(p, offer_of(partner, 98), EVENT),
+            Trigger::event(1, p, offer_of(partner, 98), EVENT),
             Some(partner * PER_PARTNER + 98),
             2,
         ),
         (
             "miss",
-            Trigger::conversion(PartnerId::new(PARTNERS + 1), unknown_offer),
+            Trigger::conversion(1, PartnerId::new(PARTNERS + 1), unknown_offer),
             None,
             0,
         ),

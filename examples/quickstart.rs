@@ -142,12 +142,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     println!("\n== firing conversions, an event and a CPC click");
     let triggers = [
-        (Trigger::conversion(p7, o42), "p7 click #1 & more"),
-        (Trigger::conversion(p7, o43), "p7-click-2"),
-        (Trigger::conversion(p8, o42), "p8 click é"),
-        (Trigger::event(p7, o42, deposit), "p7-click-3"),
-        (Trigger::cpc_click(p7, o43), "p7-click-4"),
-        (Trigger::conversion(p8, o43), "p8-click-5"),
+        // The first number is your own conversion, event or click id.
+        (Trigger::conversion(1001, p7, o42), "p7 click #1 & more"),
+        (Trigger::conversion(1002, p7, o43), "p7-click-2"),
+        (Trigger::conversion(1003, p8, o42), "p8 click é"),
+        (Trigger::event(2001, p7, o42, deposit), "p7-click-3"),
+        (Trigger::cpc_click(3001, p7, o43), "p7-click-4"),
+        (Trigger::conversion(1004, p8, o43), "p8-click-5"),
     ];
     for (trigger, click) in &triggers {
         let fired = engine.handle_trigger(now(&clock), trigger, &values(click));
@@ -177,9 +178,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "\n== partner 9's server fails: retried on the schedule until the postback is disabled"
     );
     let before = partner.count();
-    for (offer, click) in [(o43, "p9-click-1"), (OfferId::new(44), "p9-click-2")] {
-        let fired =
-            engine.handle_trigger(now(&clock), &Trigger::conversion(p9, offer), &values(click));
+    for (id, offer, click) in [
+        (1005, o43, "p9-click-1"),
+        (1006, OfferId::new(44), "p9-click-2"),
+    ] {
+        let fired = engine.handle_trigger(
+            now(&clock),
+            &Trigger::conversion(id, p9, offer),
+            &values(click),
+        );
         print!("{}", fired.resolution);
         println!();
     }

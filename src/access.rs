@@ -42,22 +42,28 @@ pub enum Operation {
     Create,
     /// Change a postback's settings.
     Edit,
-    /// Make it active (also after an automatic disable).
+    /// Pause it (a person's decision).
+    Pause,
+    /// Resume it after a pause.
+    Resume,
+    /// Enable it again after the automatic disable.
     Enable,
-    /// Pause it.
-    Disable,
     /// Remove it.
     Delete,
+    /// Fire it once with sample values to check the partner's side.
+    TestFire,
 }
 
 impl Operation {
     /// Every operation.
-    pub const ALL: [Operation; 5] = [
+    pub const ALL: [Operation; 7] = [
         Operation::Create,
         Operation::Edit,
+        Operation::Pause,
+        Operation::Resume,
         Operation::Enable,
-        Operation::Disable,
         Operation::Delete,
+        Operation::TestFire,
     ];
 }
 
@@ -66,9 +72,11 @@ impl fmt::Display for Operation {
         f.write_str(match self {
             Operation::Create => "create",
             Operation::Edit => "edit",
+            Operation::Pause => "pause",
+            Operation::Resume => "resume",
             Operation::Enable => "enable",
-            Operation::Disable => "disable",
             Operation::Delete => "delete",
+            Operation::TestFire => "test-fire",
         })
     }
 }
@@ -100,6 +108,9 @@ impl Settings {
 }
 
 /// A refused or failed change. Each message says who may do it.
+///
+/// A partner's test fire is an operation like the others: refused while partner self-edit is
+/// off, and only on the partner's own postbacks.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum AccessError {
@@ -218,7 +229,7 @@ impl Gatekeeper {
     /// Replace a postback with a changed version of itself (same id). The actor must be allowed
     /// to edit both the old and the new version, so a partner cannot hand a postback to someone
     /// else or turn it offer-global. The status is kept as it is in the registry: use
-    /// [`enable`](Self::enable) and [`disable`](Self::disable) to change it.
+    /// [`pause`](Self::pause), [`resume`](Self::resume) and [`enable`](Self::enable) to change it.
     pub fn edit(
         &self,
         registry: &mut Registry,
@@ -233,7 +244,7 @@ impl Gatekeeper {
         authorize(&self.settings, actor, Operation::Edit, &postback)?;
         // An edit changes configuration, never status: an edit made from a copy loaded before an
         // automatic disable must not switch the postback back on. Status changes go through
-        // enable and disable.
+        // pause, resume and enable.
         postback.set_status(before.status().clone());
         let before = registry.update(postback.clone())?;
         Ok(AuditEntry {
@@ -246,7 +257,29 @@ impl Gatekeeper {
         })
     }
 
-    /// Make a postback active.
+    /// Pause a postback.
+    pub fn pause(
+        &self,
+        registry: &mut Registry,
+        actor: Actor,
+        now: DateTime<Utc>,
+        id: PostbackId,
+    ) -> Result<AuditEntry, AccessError> {
+        self.change_status(registry, actor, now, id, Operation::Pause)
+    }
+
+    /// Resume a paused postback.
+    pub fn resume(
+        &self,
+        registry: &mut Registry,
+        actor: Actor,
+        now: DateTime<Utc>,
+        id: PostbackId,
+    ) -> Result<AuditEntry, AccessError> {
+        self.change_status(registry, actor, now, id, Operation::Resume)
+    }
+
+    /// Enable a postback again after the automatic disable.
     pub fn enable(
         &self,
         registry: &mut Registry,
@@ -257,15 +290,25 @@ impl Gatekeeper {
         self.change_status(registry, actor, now, id, Operation::Enable)
     }
 
-    /// Pause a postback.
-    pub fn disable(
+    /// Allow a test fire of a postback, whatever its status; changes nothing. The entry records
+    /// who fired it.
+    pub fn test_fire(
         &self,
-        registry: &mut Registry,
+        registry: &Registry,
         actor: Actor,
         now: DateTime<Utc>,
         id: PostbackId,
     ) -> Result<AuditEntry, AccessError> {
-        self.change_status(registry, actor, now, id, Operation::Disable)
+        let target = registry.get(id).ok_or(RegistryError::NotFound(id))?;
+        authorize(&self.settings, actor, Operation::TestFire, target)?;
+        Ok(AuditEntry {
+            actor,
+            operation: Operation::TestFire,
+            postback: id,
+            at: now,
+            before: Some(target.clone()),
+            after: Some(target.clone()),
+        })
     }
 
     /// Remove a postback.
@@ -301,8 +344,9 @@ impl Gatekeeper {
         authorize(&self.settings, actor, op, target)?;
         let before = target.clone();
         match op {
-            Operation::Enable => registry.enable(id)?,
-            _ => registry.disable(id)?,
+            Operation::Pause => registry.pause(id)?,
+            Operation::Resume => registry.resume(id)?,
+            _ => registry.enable(id)?,
         };
         let after = registry.get(id).cloned();
         Ok(AuditEntry {

@@ -1,39 +1,58 @@
-//! The engine: registry, templates and deliveries composed into one sans-IO object.
+//! The engine: registry, templates and deliveries composed into one sans-IO object, over the
+//! core's decisions ([`Delivery`], [`Health`], [`Registry::resolve`] and the hold rule of
+//! [`held_for`]), which a durable store calls the same way.
 //!
 //! Call order (str0m / quinn-proto style), all with the caller's `now`:
 //!
-//! - [`Engine::handle_trigger`] when a conversion, event or CPC click happens: resolves, expands,
-//!   creates deliveries, and returns pixels for the page.
+//! - [`Engine::handle_trigger`] when a conversion, event or CPC click happens: resolves, creates
+//!   deliveries (at most one per delivery key, so the same trigger twice creates nothing new),
+//!   and returns pixels for the page.
 //! - [`Engine::poll_transmit`] until `None`: each [`Transmit`] goes to the transport, and its
 //!   result comes back through [`Engine::handle_response`].
 //! - [`Engine::poll_event`] until `None`: delivered, retried, gave up, disabled, notify manager.
 //! - [`Engine::poll_timeout`]: sleep until then (or until the next trigger), and start over.
 //!
-//! Management goes through [`Engine::create`], [`Engine::edit`], [`Engine::enable`],
-//! [`Engine::disable`] and [`Engine::delete`], which check permissions and write audit entries;
-//! enabling a postback replays the deliveries held while it was off.
+//! Management goes through [`Engine::create`], [`Engine::edit`], [`Engine::pause`],
+//! [`Engine::resume`], [`Engine::enable`], [`Engine::delete`] and [`Engine::test_fire`], which
+//! check permissions and write audit entries; resuming or enabling a postback replays the
+//! deliveries held while it was off.
+//!
+//! Delivery is at least once. A request whose answer never comes (the process stopped, the
+//! transport hung past [`EngineConfig::lease`]) is sent again with the same key, so a receiver
+//! must drop duplicates by `{delivery_id}` (or the idempotency header).
+//!
+//! State and configuration are apart: [`Engine`] serializes its state (postbacks, deliveries,
+//! health, pending events), and [`Engine::restore`] reads it back under the configuration you
+//! pass, checked so that nothing collides or is lost.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::access::{AccessError, Actor, AuditEntry, Gatekeeper, Settings};
 use crate::delivery::{
-    Attempt, Delivery, DeliveryError, DeliveryId, DisablePolicy, Failure, FailureClass,
-    GiveUpReason, Outbound, Progress, RequestError, RetryPolicy, State,
+    Action, Attempt, Delivery, DeliveryError, DeliveryId, DisablePolicy, Failure, FailureClass,
+    GiveUpReason, Progress, RenderError, RetryPolicy, SendContext, State, add,
 };
 use crate::hash::IdMap;
-use crate::model::{Kind, Method, PartnerId, Postback, PostbackId};
+use crate::model::{DeliveryKey, Method, PartnerId, Postback, PostbackId, Purpose, TriggerId};
 use crate::net::{NetError, NetPolicy};
 use crate::registry::{
     Outcome, Precedence, Registry, RegistryError, Resolution, SkipReason, Trigger,
 };
-use crate::template::{ExpandError, Macro, MacroValues, Pixel, Value, redact_url};
+use crate::template::{MacroValues, Pixel, StoredValues, redact_url};
 
-/// How the engine delivers.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub use crate::delivery::Health;
+
+/// Why one postback could not fire.
+pub type FireError = RenderError;
+
+/// How the engine delivers. Configuration, not state: a restored snapshot runs under the
+/// configuration given to [`Engine::restore`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 #[non_exhaustive]
 pub struct EngineConfig {
@@ -43,16 +62,38 @@ pub struct EngineConfig {
     pub disable: DisablePolicy,
     /// The network's settings for partners.
     pub access: Settings,
-    /// Send the delivery id as this header on every attempt (e.g. `Idempotency-Key`), so the
+    /// Send the delivery key as this header on every attempt (e.g. `Idempotency-Key`), so the
     /// receiver can drop duplicates. Off by default: most trackers ignore it.
     pub idempotency_header: Option<String>,
     /// Where server-to-server postbacks may go, checked when one is created or edited through
     /// the engine. Transports check resolved addresses against the same policy.
     pub net: NetPolicy,
-    /// The first delivery id a new engine hands out (default 1). Engines that serve the same
-    /// partners must not share ids, or receivers that de-duplicate by id drop real conversions:
-    /// give each shard its own range (say, shard number << 48).
-    pub first_delivery_id: u64,
+    /// How long a request may be out before the engine takes it as lost (a crashed process, a
+    /// hung transport) and sends it again with the same key (default 5 minutes). Keep it longer
+    /// than your transport's timeout, or slow answers are sent twice.
+    pub lease: Duration,
+    /// Finished deliveries kept per postback with their debug info, for
+    /// [`Engine::finished_of`] (default 20).
+    pub finished_per_postback: usize,
+    /// Keys of finished deliveries remembered, so that the same trigger handled again creates
+    /// nothing (default 100,000, about 200 bytes each). Older keys are forgotten first; a
+    /// durable store remembers every key it keeps.
+    pub remembered_keys: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            retry: RetryPolicy::default(),
+            disable: DisablePolicy::default(),
+            access: Settings::default(),
+            idempotency_header: None,
+            net: NetPolicy::default(),
+            lease: Duration::from_secs(300),
+            finished_per_postback: 20,
+            remembered_keys: 100_000,
+        }
+    }
 }
 
 impl EngineConfig {
@@ -74,22 +115,34 @@ impl EngineConfig {
         self.access = s;
         self
     }
-    /// Start delivery ids at `first` (see [`EngineConfig::first_delivery_id`]).
-    #[must_use]
-    pub fn first_delivery_id(mut self, first: u64) -> Self {
-        self.first_delivery_id = first;
-        self
-    }
     /// Set the network policy.
     #[must_use]
     pub fn net(mut self, n: NetPolicy) -> Self {
         self.net = n;
         self
     }
-    /// Send the delivery id in this header.
+    /// Send the delivery key in this header.
     #[must_use]
     pub fn idempotency_header(mut self, name: impl Into<String>) -> Self {
         self.idempotency_header = Some(name.into());
+        self
+    }
+    /// Set the lease of a request in flight (at least one second).
+    #[must_use]
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease.max(Duration::from_secs(1));
+        self
+    }
+    /// Keep `n` finished deliveries per postback.
+    #[must_use]
+    pub fn finished_per_postback(mut self, n: usize) -> Self {
+        self.finished_per_postback = n;
+        self
+    }
+    /// Remember the keys of `n` finished deliveries.
+    #[must_use]
+    pub fn remembered_keys(mut self, n: usize) -> Self {
+        self.remembered_keys = n;
         self
     }
 }
@@ -100,6 +153,8 @@ impl EngineConfig {
 pub struct Transmit {
     /// Pass it back to [`Engine::handle_response`] with the result.
     pub delivery: DeliveryId,
+    /// Its stable key (what the receiver de-duplicates on).
+    pub key: DeliveryKey,
     /// The postback it fires.
     pub postback: PostbackId,
     /// The request.
@@ -111,6 +166,7 @@ impl fmt::Debug for Transmit {
         // The URL can carry a partner's token: show it redacted.
         f.debug_struct("Transmit")
             .field("delivery", &self.delivery)
+            .field("key", &self.key)
             .field("postback", &self.postback)
             .field("method", self.request.method())
             .field("uri", &redact_url(&self.request.uri().to_string()))
@@ -140,23 +196,14 @@ pub struct Fired {
     pub deliveries: Vec<(PostbackId, DeliveryId)>,
     /// Pixels and HTML code to render.
     pub pixels: Vec<RenderedPixel>,
-    /// Deliveries created held, for automatically disabled postbacks that nothing else served:
-    /// they are sent when the postback is enabled again, so no conversion is lost meanwhile.
+    /// Deliveries created held, for automatically disabled postbacks (see [`held_for`]): they
+    /// are sent when the postback is enabled again, so no conversion is lost meanwhile.
     pub held: Vec<(PostbackId, DeliveryId)>,
+    /// Postbacks this trigger had already fired (the same trigger id handled again): nothing
+    /// new was created for them.
+    pub duplicates: Vec<(PostbackId, DeliveryKey)>,
     /// Postbacks that fired but could not be expanded with the trigger's values.
     pub errors: Vec<(PostbackId, FireError)>,
-}
-
-/// Why one postback could not fire.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum FireError {
-    /// A value did not fit its macro.
-    #[error(transparent)]
-    Expand(#[from] ExpandError),
-    /// The expanded request is not sendable.
-    #[error(transparent)]
-    Request(#[from] RequestError),
 }
 
 /// Something the caller should know or act on.
@@ -216,7 +263,7 @@ pub enum Event {
         /// The attempts that led to it (debug info).
         attempts: Vec<Attempt>,
     },
-    /// A postback was enabled again and its held deliveries replayed.
+    /// A postback was enabled or resumed and its held deliveries replayed.
     Reenabled {
         /// The postback.
         postback: PostbackId,
@@ -258,53 +305,121 @@ pub enum EngineError {
     Fire(#[from] FireError),
 }
 
-/// A postback's delivery health, for the consecutive-failure rule.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// A snapshot that cannot be restored as it is. Nothing is dropped, overwritten or wrapped to
+/// make it fit: fix the snapshot, or restore from another.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub struct Health {
-    /// Times of the current run of consecutive counted failures (the most recent `n` kept).
-    pub recent_failures: VecDeque<DateTime<Utc>>,
-    /// Consecutive counted failures.
-    pub consecutive_failures: u32,
-    /// The last success.
-    pub last_success: Option<DateTime<Utc>>,
+pub enum RestoreError {
+    /// Two postbacks with one id.
+    #[error("the snapshot holds postback {0} twice: keep one of them")]
+    DuplicatePostback(PostbackId),
+    /// Two deliveries with one handle.
+    #[error("the snapshot holds delivery {0} twice: keep one of them")]
+    DuplicateDelivery(DeliveryId),
+    /// Two deliveries with one key: one conversion would reach the partner twice.
+    #[error("the snapshot holds two deliveries with key {0}: keep one of them")]
+    DuplicateKey(DeliveryKey),
+    /// The id counter is not past every delivery: new deliveries would take taken ids.
+    #[error(
+        "the snapshot's next delivery id {next} is not above its highest delivery id {highest}: the snapshot is damaged or was edited; set next_id above {highest}"
+    )]
+    IdBehind {
+        /// The counter.
+        next: u64,
+        /// The highest id in use.
+        highest: u64,
+    },
+    /// The id counter is at its limit.
+    #[error(
+        "the snapshot's delivery id counter is exhausted ({0}): no new delivery could get an id"
+    )]
+    IdsExhausted(u64),
 }
 
-impl Health {
-    /// A success or an enable starts the count again.
-    fn clear_failures(&mut self) {
-        self.consecutive_failures = 0;
-        self.recent_failures.clear();
-    }
+/// Decisions of the precedence resolution that create a held delivery rather than nothing:
+/// automatically disabled server-to-server postbacks that would have fired, so no conversion
+/// meant for them is lost while the partner's server is down.
+///
+/// - With [`Precedence::All`], every disabled match.
+/// - With [`Precedence::Override`], the disabled postbacks on the level that serves the trigger
+///   (siblings of the postbacks that fire, pixels included). When no level fires at all, those on
+///   the most specific level that has a disabled postback. A disabled postback on a more specific
+///   level than the one that fires is not held: the fall-through served its conversion, and
+///   holding it too would report the conversion twice.
+/// - A paused postback takes no new triggers, and holds nothing: a person chose to stop it (the
+///   next level serves, as for any postback that is off). Deliveries it already had are held and
+///   replay when it is resumed.
+pub fn held_for<'r>(
+    registry: &'r Registry,
+    r: &'r Resolution,
+) -> impl Iterator<Item = PostbackId> + 'r {
+    let serving = match r.precedence {
+        Precedence::All => None,
+        _ => r
+            .decisions
+            .iter()
+            .find(|d| d.fires())
+            .or_else(|| {
+                r.decisions.iter().find(|d| {
+                    matches!(
+                        d.outcome,
+                        Outcome::Skipped {
+                            why: SkipReason::Disabled
+                        }
+                    )
+                })
+            })
+            .map(|d| d.level),
+    };
+    r.decisions
+        .iter()
+        .filter(move |d| {
+            matches!(
+                d.outcome,
+                Outcome::Skipped {
+                    why: SkipReason::Disabled
+                }
+            ) && serving.is_none_or(|level| d.level == level)
+                && registry
+                    .get(d.postback)
+                    .is_some_and(|p| p.method().is_server_to_server())
+        })
+        .map(|d| d.postback)
 }
 
-/// Values of a trigger plus the delivery id.
-struct WithDeliveryId<'a, V: ?Sized> {
-    inner: &'a V,
-    id: &'a str,
-}
-
-impl<V: MacroValues + ?Sized> MacroValues for WithDeliveryId<'_, V> {
-    fn value(&self, m: Macro) -> Option<Value<'_>> {
-        if m == Macro::DELIVERY_ID {
-            Some(Value::Text(self.id))
-        } else {
-            self.inner.value(m)
-        }
-    }
+/// A test fire started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
+#[non_exhaustive]
+pub struct TestFire {
+    /// The delivery; its result comes as [`Event::TestFired`].
+    pub delivery: DeliveryId,
+    /// Who fired it, when.
+    pub audit: AuditEntry,
 }
 
 /// Registry, deliveries and health in one sans-IO object. See the [module docs](self).
-#[derive(Clone, Serialize, Deserialize)]
-#[serde(from = "EngineData", into = "EngineData")]
+///
+/// Serializes as its state (no configuration); read it back with [`Snapshot`] and
+/// [`Engine::restore`].
+#[derive(Clone)]
 pub struct Engine {
     config: EngineConfig,
     registry: Registry,
     deliveries: BTreeMap<DeliveryId, Delivery>,
-    /// Scheduled deliveries by due time (derived from `deliveries`).
+    /// When each unfinished delivery needs the engine next: a scheduled one when due, one in
+    /// flight when its lease runs out (derived from `deliveries` and the lease).
     timers: BTreeSet<(DateTime<Utc>, DeliveryId)>,
     /// Unfinished deliveries per postback (derived from `deliveries`).
     by_postback: IdMap<PostbackId, BTreeSet<DeliveryId>>,
+    /// Unfinished deliveries by key (derived from `deliveries`).
+    by_key: IdMap<DeliveryKey, DeliveryId>,
+    /// Keys of finished deliveries, oldest first, at most `remembered_keys`.
+    done_keys: VecDeque<DeliveryKey>,
+    /// The same keys, for lookup.
+    done_set: IdMap<DeliveryKey, ()>,
+    /// Finished deliveries per postback, oldest first, at most `finished_per_postback` each.
+    finished: IdMap<PostbackId, VecDeque<Delivery>>,
     health: IdMap<PostbackId, Health>,
     events: VecDeque<Event>,
     next_id: u64,
@@ -325,14 +440,18 @@ impl Engine {
     /// An engine over `registry`.
     pub fn new(config: EngineConfig, registry: Registry) -> Engine {
         Engine {
-            next_id: config.first_delivery_id.max(1),
             config,
             registry,
             deliveries: BTreeMap::new(),
             timers: BTreeSet::new(),
             by_postback: IdMap::default(),
+            by_key: IdMap::default(),
+            done_keys: VecDeque::new(),
+            done_set: IdMap::default(),
+            finished: IdMap::default(),
             health: IdMap::default(),
             events: VecDeque::new(),
+            next_id: 1,
         }
     }
 
@@ -341,13 +460,19 @@ impl Engine {
         &self.config
     }
 
+    /// Turn partner self-edit on or off (the network's global setting), at once.
+    pub fn set_access(&mut self, settings: Settings) {
+        self.config.access = settings;
+    }
+
     /// The postbacks.
     pub fn registry(&self) -> &Registry {
         &self.registry
     }
 
     /// Direct access for trusted setup. Changes made here skip permission checks and audit, and
-    /// enabling here does not replay held deliveries: use [`Engine::enable`] for that.
+    /// resuming or enabling here does not replay held deliveries: use [`Engine::resume`] and
+    /// [`Engine::enable`] for that. The engine checks every send against the registry as it is.
     pub fn registry_mut(&mut self) -> &mut Registry {
         &mut self.registry
     }
@@ -362,6 +487,11 @@ impl Engine {
         self.deliveries.get(&id)
     }
 
+    /// The unfinished delivery with this key.
+    pub fn delivery_by_key(&self, key: &DeliveryKey) -> Option<&Delivery> {
+        self.by_key.get(key).and_then(|id| self.deliveries.get(id))
+    }
+
     /// Unfinished deliveries (scheduled, in flight, held).
     pub fn deliveries(&self) -> impl Iterator<Item = &Delivery> {
         self.deliveries.values()
@@ -374,6 +504,12 @@ impl Engine {
             .into_iter()
             .flatten()
             .filter_map(|id| self.deliveries.get(id))
+    }
+
+    /// The last finished deliveries of one postback, oldest first, each with every attempt (the
+    /// debug info): at most [`EngineConfig::finished_per_postback`].
+    pub fn finished_of(&self, postback: PostbackId) -> impl Iterator<Item = &Delivery> {
+        self.finished.get(&postback).into_iter().flatten()
     }
 
     /// Ids of a postback's unfinished deliveries, copied so the caller may change them.
@@ -391,9 +527,15 @@ impl Engine {
         self.health.get(&postback)
     }
 
+    /// Whether a delivery with this key exists or was finished recently enough to be remembered.
+    fn knows(&self, key: &DeliveryKey) -> bool {
+        self.by_key.contains_key(key) || self.done_set.contains_key(key)
+    }
+
     /// A conversion, event or CPC click happened: create deliveries for the server-to-server
-    /// postbacks that fire, and render the pixels. One postback's bad value does not stop the
-    /// others; it is reported in [`Fired::errors`].
+    /// postbacks that fire (and held ones, see [`held_for`]), and render the pixels. A postback
+    /// this trigger id already fired gets nothing new ([`Fired::duplicates`]). One postback's bad
+    /// value does not stop the others; it is reported in [`Fired::errors`].
     pub fn handle_trigger<V: MacroValues + ?Sized>(
         &mut self,
         now: DateTime<Utc>,
@@ -401,11 +543,13 @@ impl Engine {
         values: &V,
     ) -> Fired {
         let resolution = self.registry.resolve(trigger);
+        let held: Vec<PostbackId> = held_for(&self.registry, &resolution).collect();
         let mut fired = Fired {
             resolution,
             deliveries: Vec::new(),
             pixels: Vec::new(),
             held: Vec::new(),
+            duplicates: Vec::new(),
             errors: Vec::new(),
         };
         let firing: Vec<PostbackId> = fired.resolution.firing().collect();
@@ -413,77 +557,73 @@ impl Engine {
             let Some(pb) = self.registry.get(pid) else {
                 continue;
             };
-            let result = match pb.method() {
-                Method::ServerToServer { .. } => {
-                    self.create_delivery(now, pid, values, false).map(|d| {
-                        fired.deliveries.push((pid, d));
-                    })
-                }
-                method => render(pb, method, values).map(|html| {
-                    fired.pixels.push(RenderedPixel {
-                        postback: pid,
-                        html,
-                    });
-                }),
+            let html = match pb.method() {
+                Method::ServerToServer { .. } => None,
+                Method::ImagePixel => Some(pb.template().render_pixel(Pixel::Image, values)),
+                Method::IframePixel => Some(pb.template().render_pixel(Pixel::Iframe, values)),
+                _ => Some(pb.template().expand(values)),
             };
-            if let Err(e) = result {
-                fired.errors.push((pid, e));
+            match html {
+                Some(Ok(html)) => fired.pixels.push(RenderedPixel {
+                    postback: pid,
+                    html,
+                }),
+                Some(Err(e)) => fired.errors.push((pid, e.into())),
+                None => self.fire(now, trigger, pid, values, false, &mut fired),
             }
         }
-        for pid in self.held_for(&fired.resolution) {
-            match self.create_delivery(now, pid, values, false) {
-                Ok(d) => {
-                    self.hold(d);
-                    fired.held.push((pid, d));
-                }
-                Err(e) => fired.errors.push((pid, e)),
-            }
+        for pid in held {
+            self.fire(now, trigger, pid, values, true, &mut fired);
         }
         fired
     }
 
-    /// Automatically disabled server-to-server postbacks whose trigger nothing else serves: with
-    /// `Precedence::All`, every one; with `Override`, those on the most specific level with a
-    /// disabled postback, and only when no postback fires at all (when another level fires in
-    /// their place, the fall-through has served the trigger and holding too would report the
-    /// conversion twice). A paused postback holds nothing: a person chose to stop it.
-    fn held_for(&self, r: &Resolution) -> Vec<PostbackId> {
-        let disabled = r.decisions.iter().filter(|d| {
-            matches!(
-                d.outcome,
-                Outcome::Skipped {
-                    why: SkipReason::Disabled
-                }
-            ) && self
-                .registry
-                .get(d.postback)
-                .is_some_and(|p| p.method().is_server_to_server())
-        });
-        match r.precedence {
-            Precedence::All => disabled.map(|d| d.postback).collect(),
-            _ if r.decisions.iter().any(|d| d.fires()) => Vec::new(),
-            _ => {
-                let mut disabled = disabled.peekable();
-                let Some(level) = disabled.peek().map(|d| d.level) else {
-                    return Vec::new();
-                };
-                disabled
-                    .filter(|d| d.level == level)
-                    .map(|d| d.postback)
-                    .collect()
+    /// Create the delivery of `pid` for `trigger`, unless its key exists.
+    fn fire<V: MacroValues + ?Sized>(
+        &mut self,
+        now: DateTime<Utc>,
+        trigger: &Trigger,
+        pid: PostbackId,
+        values: &V,
+        held: bool,
+        fired: &mut Fired,
+    ) {
+        let key = trigger.key(pid);
+        if self.knows(&key) {
+            fired.duplicates.push((pid, key));
+            return;
+        }
+        let Some(pb) = self.registry.get(pid) else {
+            return;
+        };
+        let custom: Vec<_> = pb.template().custom_macros().collect();
+        let stored = values.to_stored(&custom);
+        match self.create_delivery(now, key, stored, pb.delay()) {
+            Ok(id) if held => {
+                self.hold(id);
+                fired.held.push((pid, id));
             }
+            Ok(id) => fired.deliveries.push((pid, id)),
+            Err(e) => fired.errors.push((pid, e)),
         }
     }
 
-    /// Fire one server-to-server postback once with `values` (say, [`SampleValues`](crate::template::SampleValues)),
-    /// whatever its status. The result comes as [`Event::TestFired`] with the exact request and
-    /// response; it is never retried and never counts toward disabling.
+    /// Fire one server-to-server postback once with `values` (say,
+    /// [`SampleValues`](crate::template::SampleValues)) on behalf of `actor`, whatever its
+    /// status. Permissions apply as for an edit (a partner, only its own, only while partner
+    /// self-edit is on), and the audit entry records it. The result comes as
+    /// [`Event::TestFired`] with the exact request and response; it is never retried and never
+    /// counts toward disabling.
     pub fn test_fire<V: MacroValues + ?Sized>(
         &mut self,
         now: DateTime<Utc>,
+        actor: Actor,
         postback: PostbackId,
         values: &V,
-    ) -> Result<DeliveryId, EngineError> {
+    ) -> Result<TestFire, EngineError> {
+        let audit = self
+            .gatekeeper()
+            .test_fire(&self.registry, actor, now, postback)?;
         let pb = self
             .registry
             .get(postback)
@@ -491,73 +631,104 @@ impl Engine {
         if !pb.method().is_server_to_server() {
             return Err(EngineError::NotServerToServer(postback));
         }
-        Ok(self.create_delivery(now, postback, values, true)?)
+        // Unique among test fires of this engine, and never a real trigger's key.
+        let tag = format!(
+            "test-{}-{}",
+            now.timestamp_millis().unsigned_abs(),
+            self.next_id
+        );
+        let trigger = TriggerId::new(&tag).unwrap_or(TriggerId::from(self.next_id));
+        let key = DeliveryKey::new(trigger, postback, Purpose::Test, 0);
+        let custom: Vec<_> = pb.template().custom_macros().collect();
+        let stored = values.to_stored(&custom);
+        let delivery = self.create_delivery(now, key, stored, Duration::ZERO)?;
+        Ok(TestFire { delivery, audit })
     }
 
-    fn create_delivery<V: MacroValues + ?Sized>(
+    fn send_context<'a>(config: &'a EngineConfig, pb: &'a Postback) -> SendContext<'a> {
+        SendContext::new(pb).idempotency_header(config.idempotency_header.as_deref())
+    }
+
+    /// Create a delivery, checking that its request can be made now: a value that does not fit
+    /// is reported at once instead of failing every attempt.
+    fn create_delivery(
         &mut self,
         now: DateTime<Utc>,
-        pid: PostbackId,
-        values: &V,
-        test: bool,
+        key: DeliveryKey,
+        values: StoredValues,
+        delay: Duration,
     ) -> Result<DeliveryId, FireError> {
-        let pb = self.registry.get(pid).expect("caller checked");
+        let pb = self.registry.get(key.postback()).expect("caller checked");
         let id = DeliveryId::new(self.next_id);
-        let id_text = id.to_string();
-        let url = pb.template().expand(&WithDeliveryId {
-            inner: values,
-            id: &id_text,
-        })?;
-        let http = match pb.method() {
-            Method::ServerToServer { http } => http,
-            _ => Default::default(),
-        };
-        let mut req = Outbound::new(http, url)?.with_secrets(pb.secrets().to_vec());
-        if let Some(h) = &self.config.idempotency_header {
-            req = req.header(h, &id_text)?;
-        }
-        let delay = if test {
-            std::time::Duration::ZERO
-        } else {
-            pb.delay()
-        };
-        let mut d = Delivery::new(id, pid, req, now, delay)
-            .with_response_check(pb.response_check().cloned())
-            .hidden_from_reports(pb.kind() == Kind::Cpc);
-        if test {
-            d = d.as_test();
-        }
-        self.next_id += 1;
+        let d = Delivery::new(id, key, values, now, delay);
+        d.request(&Self::send_context(&self.config, pb))?;
+        self.next_id = self.next_id.saturating_add(1);
         self.insert(d);
         Ok(id)
     }
 
-    fn insert(&mut self, d: Delivery) {
-        if let Some(at) = d.due() {
-            self.timers.insert((at, d.id()));
+    /// When the engine needs a delivery next.
+    fn timer_of(&self, d: &Delivery) -> Option<DateTime<Utc>> {
+        match d.state() {
+            State::Scheduled { at } => Some(*at),
+            State::InFlight { since, .. } => Some(add(*since, self.config.lease)),
+            _ => None,
         }
-        self.by_postback
-            .entry(d.postback())
-            .or_default()
-            .insert(d.id());
-        self.deliveries.insert(d.id(), d);
     }
 
-    fn finish(&mut self, id: DeliveryId) -> Option<Delivery> {
-        let d = self.deliveries.remove(&id)?;
-        if let Some(at) = d.due() {
+    fn unschedule(&mut self, id: DeliveryId) {
+        if let Some(at) = self.deliveries.get(&id).and_then(|d| self.timer_of(d)) {
             self.timers.remove(&(at, id));
         }
-        if let Some(set) = self.by_postback.get_mut(&d.postback()) {
+    }
+
+    fn schedule(&mut self, id: DeliveryId) {
+        if let Some(at) = self.deliveries.get(&id).and_then(|d| self.timer_of(d)) {
+            self.timers.insert((at, id));
+        }
+    }
+
+    fn insert(&mut self, d: Delivery) {
+        let id = d.id();
+        self.by_postback.entry(d.postback()).or_default().insert(id);
+        self.by_key.insert(*d.key(), id);
+        self.deliveries.insert(id, d);
+        self.schedule(id);
+    }
+
+    /// Remove a delivery that ended, remember its key and keep its record.
+    fn finish(&mut self, id: DeliveryId) -> Option<Delivery> {
+        self.unschedule(id);
+        let d = self.deliveries.remove(&id)?;
+        let pid = d.postback();
+        if let Some(set) = self.by_postback.get_mut(&pid) {
             set.remove(&id);
             if set.is_empty() {
-                self.by_postback.remove(&d.postback());
+                self.by_postback.remove(&pid);
+            }
+        }
+        self.by_key.remove(d.key());
+        if self.config.remembered_keys > 0 {
+            self.done_keys.push_back(*d.key());
+            self.done_set.insert(*d.key(), ());
+            while self.done_keys.len() > self.config.remembered_keys {
+                if let Some(old) = self.done_keys.pop_front() {
+                    self.done_set.remove(&old);
+                }
+            }
+        }
+        if self.config.finished_per_postback > 0 {
+            let kept = self.finished.entry(pid).or_default();
+            kept.push_back(d.clone());
+            while kept.len() > self.config.finished_per_postback {
+                kept.pop_front();
             }
         }
         Some(d)
     }
 
-    /// The next request due at `now`, if any. Call until `None`.
+    /// The next request due at `now`, if any. Call until `None`. A request whose lease ran out
+    /// is taken as lost here and made due again (an [`FailureClass::Interrupted`] attempt).
     pub fn poll_transmit(&mut self, now: DateTime<Utc>) -> Option<Transmit> {
         loop {
             let &(at, id) = self.timers.first()?;
@@ -565,27 +736,44 @@ impl Engine {
                 return None;
             }
             self.timers.pop_first();
-            let Some(d) = self.deliveries.get(&id) else {
-                continue;
-            };
-            // The registry may have changed behind the engine's back (`registry_mut`): never send
-            // for a postback that is gone or off.
-            if !d.is_test() && self.park_if_off(now, id, d.postback()) {
-                continue;
-            }
             let Some(d) = self.deliveries.get_mut(&id) else {
                 continue;
             };
-            if let crate::delivery::Action::Send(request) = d.poll(now) {
-                return Some(Transmit {
-                    delivery: id,
-                    postback: d.postback(),
-                    request,
-                });
+            if matches!(d.state(), State::InFlight { .. }) {
+                if let Some(progress) = d.interrupted(now, &self.config.retry) {
+                    self.progress(now, id, progress);
+                }
+                continue;
             }
-            // Not sendable after all (held or rescheduled meanwhile): keep its timer right.
-            if let Some(at) = d.due() {
-                self.timers.insert((at, id));
+            let (pid, test) = (d.postback(), d.is_test());
+            // Never send for a postback that is gone or off (the registry may have changed
+            // behind the engine's back through `registry_mut`); test fires go out regardless.
+            if self.park_if_off(now, id, pid, test) {
+                continue;
+            }
+            let (Some(d), Some(pb)) = (self.deliveries.get_mut(&id), self.registry.get(pid)) else {
+                continue;
+            };
+            let action = d.poll(now, &Self::send_context(&self.config, pb));
+            let key = *d.key();
+            match action {
+                Action::Send(request) => {
+                    self.schedule(id);
+                    return Some(Transmit {
+                        delivery: id,
+                        key,
+                        postback: pid,
+                        request,
+                    });
+                }
+                Action::Unsendable(failure) => {
+                    // Our side cannot make the request: recorded, never counted.
+                    if let Ok(progress) = d.handle_response(now, Err(failure), &self.config.retry) {
+                        self.progress(now, id, progress);
+                    }
+                }
+                // Not sendable after all (held or rescheduled meanwhile): keep its timer right.
+                _ => self.schedule(id),
             }
         }
     }
@@ -597,28 +785,42 @@ impl Engine {
         id: DeliveryId,
         result: Result<http::Response<Vec<u8>>, Failure>,
     ) -> Result<(), EngineError> {
-        let d = self
+        let lease_end = self
             .deliveries
-            .get_mut(&id)
-            .ok_or(EngineError::UnknownDelivery(id))?;
+            .get(&id)
+            .ok_or(EngineError::UnknownDelivery(id))
+            .map(|d| self.timer_of(d))?;
+        let d = self.deliveries.get_mut(&id).expect("checked above");
         let progress = d.handle_response(now, result, &self.config.retry)?;
+        if let Some(at) = lease_end {
+            self.timers.remove(&(at, id));
+        }
+        self.progress(now, id, progress);
+        Ok(())
+    }
+
+    /// Apply what an attempt did: health, the disable policy, holds, timers and events.
+    fn progress(&mut self, now: DateTime<Utc>, id: DeliveryId, progress: Progress) {
+        let Some(d) = self.deliveries.get(&id) else {
+            return;
+        };
         let pid = d.postback();
         if d.is_test() {
-            let record = self.finish(id).expect("present");
-            self.events.push_back(Event::TestFired {
-                record: Box::new(record),
-            });
-            return Ok(());
+            if let Some(record) = self.finish(id) {
+                self.events.push_back(Event::TestFired {
+                    record: Box::new(record),
+                });
+            }
+            return;
         }
         match progress {
             Progress::Delivered { .. } => {
-                let h = self.health.entry(pid).or_default();
-                h.clear_failures();
-                h.last_success = Some(now);
-                let record = self.finish(id).expect("present");
-                self.events.push_back(Event::Delivered {
-                    record: Box::new(record),
-                });
+                self.health.entry(pid).or_default().record_success(now);
+                if let Some(record) = self.finish(id) {
+                    self.events.push_back(Event::Delivered {
+                        record: Box::new(record),
+                    });
+                }
             }
             Progress::Retry {
                 at,
@@ -627,10 +829,10 @@ impl Engine {
                 failures,
             } => {
                 if counted {
-                    self.count_failure(now, pid, id, failures);
+                    self.count_failure(now, id, failures);
                 }
-                if !self.park_if_off(now, id, pid) {
-                    self.timers.insert((at, id));
+                if !self.park_if_off(now, id, pid, false) {
+                    self.schedule(id);
                     self.events.push_back(Event::RetryScheduled {
                         delivery: id,
                         postback: pid,
@@ -643,30 +845,37 @@ impl Engine {
             Progress::GaveUp { reason, failure } => {
                 if failure.counts() {
                     let failures = self.deliveries.get(&id).map_or(0, Delivery::failures);
-                    self.count_failure(now, pid, id, failures);
+                    self.count_failure(now, id, failures);
                 }
+                // The last delivery of a postback the policy just disabled is held, not lost.
                 let held = matches!(reason, GiveUpReason::MaxAttempts { .. })
-                    && self.registry.get(pid).is_some()
-                    && self.postback_is_off(pid);
+                    && self
+                        .registry
+                        .get(pid)
+                        .is_some_and(|p| !p.status().is_active());
                 if held {
                     self.hold(id);
-                } else {
-                    let record = self.finish(id).expect("present");
+                } else if let Some(record) = self.finish(id) {
                     self.events.push_back(Event::GaveUp {
                         record: Box::new(record),
                     });
                 }
             }
         }
-        Ok(())
     }
 
     /// A delivery whose postback is gone ends (reported); one whose postback is off is held.
-    /// Returns whether either happened.
-    fn park_if_off(&mut self, now: DateTime<Utc>, id: DeliveryId, pid: PostbackId) -> bool {
+    /// Returns whether either happened. Test fires go out whatever the postback's status.
+    fn park_if_off(
+        &mut self,
+        now: DateTime<Utc>,
+        id: DeliveryId,
+        pid: PostbackId,
+        test: bool,
+    ) -> bool {
         match self.registry.get(pid) {
             None => self.abandon(now, id),
-            Some(p) if !p.status().is_active() => self.hold(id),
+            Some(p) if !test && !p.status().is_active() => self.hold(id),
             Some(_) => return false,
         }
         true
@@ -674,82 +883,50 @@ impl Engine {
 
     /// End a delivery whose postback was deleted, and report it.
     fn abandon(&mut self, now: DateTime<Utc>, id: DeliveryId) {
-        if let Some(mut d) = self.finish(id) {
+        self.unschedule(id);
+        if let Some(d) = self.deliveries.get_mut(&id) {
             d.abandon(now);
+        }
+        if let Some(d) = self.finish(id) {
             self.events.push_back(Event::GaveUp {
                 record: Box::new(d),
             });
         }
     }
 
-    fn postback_is_off(&self, pid: PostbackId) -> bool {
-        self.registry
-            .get(pid)
-            .is_none_or(|p| !p.status().is_active())
-    }
-
     fn hold(&mut self, id: DeliveryId) {
-        let Some(d) = self.deliveries.get_mut(&id) else {
+        let Some(d) = self.deliveries.get(&id) else {
             return;
         };
-        // Test fires go out whatever the postback's status.
         if d.is_test() || matches!(d.state(), State::Held) {
             return;
         }
-        let due = d.due();
+        self.unschedule(id);
+        let Some(d) = self.deliveries.get_mut(&id) else {
+            return;
+        };
         if d.hold() {
-            if let Some(at) = due {
-                self.timers.remove(&(at, id));
-            }
             self.events.push_back(Event::Held {
                 delivery: id,
                 postback: d.postback(),
             });
+        } else {
+            self.schedule(id);
         }
     }
 
-    /// Record a counted failure and apply the disable policy.
-    fn count_failure(
-        &mut self,
-        now: DateTime<Utc>,
-        pid: PostbackId,
-        id: DeliveryId,
-        delivery_failures: u32,
-    ) {
-        let h = self.health.entry(pid).or_default();
-        h.consecutive_failures += 1;
-        h.recent_failures.push_back(now);
-        // Keep only as many failure times as the policy can look at.
-        let keep = match self.config.disable {
-            DisablePolicy::PerDelivery { failures }
-            | DisablePolicy::ConsecutiveWithin { failures, .. } => failures as usize,
-            DisablePolicy::Never => 0,
+    /// Record a counted failure of delivery `id` and apply the disable policy.
+    fn count_failure(&mut self, now: DateTime<Utc>, id: DeliveryId, delivery_failures: u32) {
+        let Some(key) = self.deliveries.get(&id).map(|d| *d.key()) else {
+            return;
         };
-        while h.recent_failures.len() > keep {
-            h.recent_failures.pop_front();
-        }
-        let reason = match self.config.disable {
-            DisablePolicy::PerDelivery { failures } => (delivery_failures >= failures).then(|| {
-                format!(
-                    "{delivery_failures} failed attempts of delivery {id} from the receiving server"
-                )
-            }),
-            DisablePolicy::ConsecutiveWithin { failures, window } => {
-                let first = h.recent_failures.front().copied();
-                let within =
-                    first.is_some_and(|f| (now - f).to_std().unwrap_or_default() <= window);
-                (h.consecutive_failures >= failures
-                    && h.recent_failures.len() as u32 >= failures
-                    && within)
-                    .then(|| {
-                        format!(
-                            "{failures} consecutive failed deliveries within {} hours",
-                            window.as_secs() / 3600
-                        )
-                    })
-            }
-            DisablePolicy::Never => None,
-        };
+        let pid = key.postback();
+        let reason = self.health.entry(pid).or_default().record_failure(
+            now,
+            &key,
+            delivery_failures,
+            &self.config.disable,
+        );
         if let Some(reason) = reason {
             self.disable_automatically(now, pid, id, reason);
         }
@@ -767,13 +944,17 @@ impl Engine {
         };
         // Only server-to-server postbacks are delivered here, and a postback already off is not
         // disabled (or announced) twice.
-        if !pb.method().is_server_to_server() || !pb.status().is_active() {
+        if !pb.method().is_server_to_server() {
             return;
         }
         let partner = pb.partner();
-        let _ = self
-            .registry
-            .disable_automatically(pid, reason.clone(), now);
+        if !matches!(
+            self.registry
+                .disable_automatically(pid, reason.clone(), now),
+            Ok(true)
+        ) {
+            return;
+        }
         let attempts = self
             .deliveries
             .get(&cause)
@@ -797,8 +978,7 @@ impl Engine {
     /// Hold every scheduled delivery of a postback (in-flight ones are held when their result
     /// comes back as a failure).
     fn hold_all(&mut self, pid: PostbackId) {
-        let ids = self.delivery_ids_of(pid);
-        for id in ids {
+        for id in self.delivery_ids_of(pid) {
             if matches!(
                 self.deliveries.get(&id).map(Delivery::state),
                 Some(State::Scheduled { .. })
@@ -808,22 +988,27 @@ impl Engine {
         }
     }
 
-    /// Make every request in flight due again at the time it was sent, for when their answers
-    /// will never come: after restoring a snapshot in a new process (a restore in the same
-    /// process continues exactly where it was), or after dropping a driver mid-run. Receivers
-    /// drop the duplicates by delivery id. A late answer for one of them is refused with
-    /// [`DeliveryError::NotInFlight`]. Returns how many were requeued.
-    pub fn requeue_in_flight(&mut self) -> usize {
-        let mut n = 0;
-        for (id, d) in &mut self.deliveries {
-            if d.interrupted() {
-                if let Some(at) = d.due() {
-                    self.timers.insert((at, *id));
-                }
-                n += 1;
+    /// Take every request in flight as lost now, without waiting for its lease: for when you
+    /// know their answers will never come (a driver dropped mid-run). Each is recorded as an
+    /// interrupted attempt and due again at once; receivers drop the duplicates by key. After a
+    /// restart you need not call it: leases run out by themselves. Returns how many.
+    pub fn requeue_in_flight(&mut self, now: DateTime<Utc>) -> usize {
+        let ids: Vec<DeliveryId> = self
+            .deliveries
+            .values()
+            .filter(|d| matches!(d.state(), State::InFlight { .. }))
+            .map(Delivery::id)
+            .collect();
+        for &id in &ids {
+            self.unschedule(id);
+            let Some(d) = self.deliveries.get_mut(&id) else {
+                continue;
+            };
+            if let Some(progress) = d.interrupted(now, &self.config.retry) {
+                self.progress(now, id, progress);
             }
         }
-        n
+        ids.len()
     }
 
     /// The next event, if any. Call until `None`.
@@ -831,28 +1016,24 @@ impl Engine {
         self.events.pop_front()
     }
 
-    /// When the next attempt is due: sleep until then unless a trigger comes first.
+    /// When the engine needs to be polled next: the next attempt due, or the end of the lease
+    /// of a request in flight. Sleep until then unless a trigger or a response comes first.
     pub fn poll_timeout(&self) -> Option<DateTime<Utc>> {
         self.timers.first().map(|(at, _)| *at)
     }
 
-    /// Whether nothing is scheduled or in flight (held deliveries wait for an enable).
+    /// Whether nothing is scheduled or in flight (held deliveries wait for an enable or resume).
     pub fn is_idle(&self) -> bool {
         self.timers.is_empty()
-            && !self
-                .deliveries
-                .values()
-                .any(|d| matches!(d.state(), State::InFlight { .. }))
     }
 
-    /// Check a server-to-server postback's URL (expanded with sample values) against the network
-    /// policy. Pixels are fetched by browsers, not by the network's servers, so they pass.
+    /// Check a server-to-server postback's URL (its preview) against the network policy.
+    /// Pixels are fetched by browsers, not by the network's servers, so they pass.
     pub fn check_net(&self, postback: &Postback) -> Result<(), EngineError> {
         if !postback.method().is_server_to_server() {
             return Ok(());
         }
         let url = postback
-            .template()
             .preview()
             .unwrap_or_else(|_| postback.template().as_str().to_owned());
         Ok(self.config.net.check_url(&url)?)
@@ -876,8 +1057,8 @@ impl Engine {
     }
 
     /// Change a postback's configuration on behalf of `actor`; its status stays as it is (use
-    /// [`Engine::enable`] and [`Engine::disable`]). Pending deliveries keep the request they were
-    /// created with.
+    /// [`Engine::pause`], [`Engine::resume`] and [`Engine::enable`]). Pending and held
+    /// deliveries are sent with the new configuration: each send expands the current template.
     pub fn edit(
         &mut self,
         now: DateTime<Utc>,
@@ -892,8 +1073,16 @@ impl Engine {
 
     /// After a postback became active again: a fresh failure count, held deliveries due now.
     fn reactivate(&mut self, now: DateTime<Utc>, id: PostbackId) {
-        self.health.entry(id).or_default().clear_failures();
-        let replayed = self.replay(now, id);
+        self.health.entry(id).or_default().reset();
+        let mut replayed = 0;
+        for did in self.delivery_ids_of(id) {
+            if let Some(d) = self.deliveries.get_mut(&did) {
+                if d.release(now).is_ok() {
+                    self.schedule(did);
+                    replayed += 1;
+                }
+            }
+        }
         self.events.push_back(Event::Reenabled {
             postback: id,
             replayed,
@@ -901,8 +1090,9 @@ impl Engine {
         });
     }
 
-    /// Enable a postback on behalf of `actor` (after a pause or an automatic disable) and replay
-    /// its held deliveries, due at `now`.
+    /// Enable a postback again after the automatic disable, on behalf of `actor` (once the
+    /// partner's server answers again), and replay its held deliveries, due at `now`. A paused
+    /// postback is refused: [`Engine::resume`] it.
     pub fn enable(
         &mut self,
         now: DateTime<Utc>,
@@ -916,22 +1106,9 @@ impl Engine {
         Ok(entry)
     }
 
-    fn replay(&mut self, now: DateTime<Utc>, id: PostbackId) -> usize {
-        let ids = self.delivery_ids_of(id);
-        let mut n = 0;
-        for did in ids {
-            if let Some(d) = self.deliveries.get_mut(&did) {
-                if d.release(now).is_ok() {
-                    self.timers.insert((now, did));
-                    n += 1;
-                }
-            }
-        }
-        n
-    }
-
-    /// Pause a postback on behalf of `actor`; its scheduled deliveries are held.
-    pub fn disable(
+    /// Pause a postback on behalf of `actor`: it takes no new triggers (the next level serves
+    /// them), and its scheduled deliveries are held until it is resumed.
+    pub fn pause(
         &mut self,
         now: DateTime<Utc>,
         actor: Actor,
@@ -939,8 +1116,23 @@ impl Engine {
     ) -> Result<AuditEntry, EngineError> {
         let entry = self
             .gatekeeper()
-            .disable(&mut self.registry, actor, now, id)?;
+            .pause(&mut self.registry, actor, now, id)?;
         self.hold_all(id);
+        Ok(entry)
+    }
+
+    /// Resume a paused postback on behalf of `actor`, and replay its held deliveries, due at
+    /// `now`. An automatically disabled postback is refused: [`Engine::enable`] it.
+    pub fn resume(
+        &mut self,
+        now: DateTime<Utc>,
+        actor: Actor,
+        id: PostbackId,
+    ) -> Result<AuditEntry, EngineError> {
+        let entry = self
+            .gatekeeper()
+            .resume(&mut self.registry, actor, now, id)?;
+        self.reactivate(now, id);
         Ok(entry)
     }
 
@@ -966,75 +1158,138 @@ impl Engine {
             }
         }
         self.health.remove(&id);
+        self.finished.remove(&id);
         Ok(entry)
     }
 
     /// Bytes held by unfinished deliveries, including their index entries (capacity planning).
     pub fn delivery_bytes(&self) -> usize {
-        let per_entry = std::mem::size_of::<Delivery>() + std::mem::size_of::<DeliveryId>() + 16;
+        let per_entry = std::mem::size_of::<Delivery>()
+            + std::mem::size_of::<DeliveryId>()
+            + 16
+            + std::mem::size_of::<(DeliveryKey, DeliveryId)>()
+            + 8
+            + std::mem::size_of::<DeliveryId>()
+            + 8;
         self.deliveries
             .values()
             .map(|d| per_entry + d.heap_bytes())
             .sum::<usize>()
             + self.timers.len() * (std::mem::size_of::<(DateTime<Utc>, DeliveryId)>() + 8)
     }
-}
 
-fn render<V: MacroValues + ?Sized>(
-    pb: &Postback,
-    method: Method,
-    values: &V,
-) -> Result<String, FireError> {
-    Ok(match method {
-        Method::ImagePixel => pb.template().render_pixel(Pixel::Image, values)?,
-        Method::IframePixel => pb.template().render_pixel(Pixel::Iframe, values)?,
-        _ => pb.template().expand(values)?,
-    })
-}
-
-/// The serialized engine: configuration, postbacks, deliveries, health, pending events and the
-/// id counter. Indexes are rebuilt on load.
-#[derive(Serialize, Deserialize)]
-struct EngineData {
-    config: EngineConfig,
-    precedence: Precedence,
-    postbacks: Vec<Postback>,
-    deliveries: Vec<Delivery>,
-    health: BTreeMap<PostbackId, Health>,
-    events: VecDeque<Event>,
-    next_id: u64,
-}
-
-impl From<Engine> for EngineData {
-    fn from(e: Engine) -> Self {
-        let mut postbacks: Vec<Postback> = e.registry.iter().cloned().collect();
-        postbacks.sort_by_key(Postback::id);
-        EngineData {
-            config: e.config,
-            precedence: e.registry.precedence(),
-            postbacks,
-            deliveries: e.deliveries.into_values().collect(),
-            health: e.health.into_iter().collect(),
-            events: e.events,
-            next_id: e.next_id,
+    /// Read back a snapshot (what [`Engine`] serializes) under `config`, checked: nothing in it
+    /// collides, nothing is dropped. Requests that were in flight when it was taken are due again
+    /// when their lease runs out, with no call needed.
+    pub fn restore(config: EngineConfig, snapshot: Snapshot) -> Result<Engine, RestoreError> {
+        let Snapshot {
+            registry,
+            deliveries,
+            finished,
+            remembered_keys,
+            health,
+            events,
+            next_id,
+        } = snapshot;
+        let mut e = Engine::new(config, registry);
+        if next_id == u64::MAX {
+            return Err(RestoreError::IdsExhausted(next_id));
         }
+        if let Some(highest) = deliveries.iter().map(|d| d.id().get()).max() {
+            if next_id <= highest {
+                return Err(RestoreError::IdBehind {
+                    next: next_id,
+                    highest,
+                });
+            }
+        }
+        for d in deliveries {
+            if e.deliveries.contains_key(&d.id()) {
+                return Err(RestoreError::DuplicateDelivery(d.id()));
+            }
+            if e.by_key.contains_key(d.key()) {
+                return Err(RestoreError::DuplicateKey(*d.key()));
+            }
+            e.insert(d);
+        }
+        for key in remembered_keys {
+            if e.done_set.insert(key, ()).is_none() {
+                e.done_keys.push_back(key);
+            }
+        }
+        for d in finished {
+            let kept = e.finished.entry(d.postback()).or_default();
+            kept.push_back(d);
+        }
+        e.health = health.into_iter().collect();
+        e.events = events;
+        e.next_id = next_id;
+        // A smaller configuration than the snapshot's: keep the newest.
+        while e.done_keys.len() > e.config.remembered_keys {
+            if let Some(old) = e.done_keys.pop_front() {
+                e.done_set.remove(&old);
+            }
+        }
+        let cap = e.config.finished_per_postback;
+        for kept in e.finished.values_mut() {
+            while kept.len() > cap {
+                kept.pop_front();
+            }
+        }
+        Ok(e)
     }
 }
 
-impl From<EngineData> for Engine {
-    fn from(d: EngineData) -> Self {
-        let mut registry = Registry::with_precedence(d.precedence);
-        for p in d.postbacks {
-            // Ids were unique when saved.
-            let _ = registry.insert(p);
+/// The state of an [`Engine`] as it serializes (postbacks, deliveries, remembered keys, health,
+/// pending events, the id counter), without its configuration. Restore it with
+/// [`Engine::restore`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Snapshot {
+    /// The postbacks.
+    pub registry: Registry,
+    /// Unfinished deliveries.
+    pub deliveries: Vec<Delivery>,
+    /// Finished deliveries kept for their debug info.
+    #[serde(default)]
+    pub finished: Vec<Delivery>,
+    /// Keys of finished deliveries, oldest first.
+    #[serde(default)]
+    pub remembered_keys: Vec<DeliveryKey>,
+    /// Health per postback.
+    #[serde(default)]
+    pub health: BTreeMap<PostbackId, Health>,
+    /// Events not yet polled.
+    #[serde(default)]
+    pub events: VecDeque<Event>,
+    /// The next delivery id.
+    pub next_id: u64,
+}
+
+impl Serialize for Engine {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        // The same fields as `Snapshot`, borrowed.
+        #[derive(Serialize)]
+        struct Ref<'a> {
+            registry: &'a Registry,
+            deliveries: Vec<&'a Delivery>,
+            finished: Vec<&'a Delivery>,
+            remembered_keys: &'a VecDeque<DeliveryKey>,
+            health: BTreeMap<&'a PostbackId, &'a Health>,
+            events: &'a VecDeque<Event>,
+            next_id: u64,
         }
-        let mut e = Engine::new(d.config, registry);
-        for del in d.deliveries {
-            e.insert(del);
+        let mut finished: Vec<&Delivery> = self.finished.values().flatten().collect();
+        finished.sort_by_key(|d| d.id());
+        Ref {
+            registry: &self.registry,
+            deliveries: self.deliveries.values().collect(),
+            finished,
+            remembered_keys: &self.done_keys,
+            health: self.health.iter().collect(),
+            events: &self.events,
+            next_id: self.next_id,
         }
-        e.health = d.health.into_iter().collect();
-        e.events = d.events;
-        e.next_id = d.next_id;
-        e
+        .serialize(s)
     }
 }

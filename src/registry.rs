@@ -12,7 +12,7 @@
 //! reg.insert(Postback::builder(PostbackId::new(2)).partner(partner).offer(offer)
 //!     .url("https://t.example/one?cid={sub1}").build()?)?;
 //!
-//! let r = reg.resolve(&Trigger::conversion(partner, offer));
+//! let r = reg.resolve(&Trigger::conversion(1001, partner, offer));
 //! assert_eq!(r.firing().collect::<Vec<_>>(), [PostbackId::new(2)]);
 //! println!("{r}"); // what fired, what was shadowed, and why
 //! # Ok::<(), Box<dyn std::error::Error>>(())
@@ -24,11 +24,20 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::hash::IdMap;
-use crate::model::{EventId, Kind, Level, OfferId, PartnerId, Postback, PostbackId, Scope, Status};
+use crate::model::{
+    DeliveryKey, EventId, Kind, Level, OfferId, PartnerId, Postback, PostbackId, Scope, Status,
+    StatusError, TriggerId,
+};
 
-/// Something that happened and may fire postbacks.
+pub use crate::model::TriggerKind;
+
+/// Something that happened and may fire postbacks: a conversion, an event or a CPC click, with
+/// the caller's own id for it. The id makes handling idempotent: the same trigger twice creates
+/// no second delivery, and every delivery's key derives from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Trigger {
+    /// The caller's conversion, event or click id.
+    pub id: TriggerId,
     /// The partner who sent the traffic.
     pub partner: PartnerId,
     /// The offer (or smartlink).
@@ -37,46 +46,43 @@ pub struct Trigger {
     pub what: TriggerKind,
 }
 
-/// What happened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum TriggerKind {
-    /// A base conversion.
-    Conversion,
-    /// An event other than the base conversion.
-    Event {
-        /// Which event.
-        event: EventId,
-    },
-    /// A valid click on an offer paid per click.
-    CpcClick,
-}
-
 impl Trigger {
-    /// A base conversion.
-    pub const fn conversion(partner: PartnerId, offer: OfferId) -> Trigger {
+    /// A base conversion with id `id` (a number, or a [`TriggerId`] made from text).
+    pub fn conversion(id: impl Into<TriggerId>, partner: PartnerId, offer: OfferId) -> Trigger {
         Trigger {
+            id: id.into(),
             partner,
             offer,
             what: TriggerKind::Conversion,
         }
     }
-    /// An event.
-    pub const fn event(partner: PartnerId, offer: OfferId, event: EventId) -> Trigger {
+    /// An event with id `id`.
+    pub fn event(
+        id: impl Into<TriggerId>,
+        partner: PartnerId,
+        offer: OfferId,
+        event: EventId,
+    ) -> Trigger {
         Trigger {
+            id: id.into(),
             partner,
             offer,
             what: TriggerKind::Event { event },
         }
     }
-    /// A valid click on a CPC offer.
-    pub const fn cpc_click(partner: PartnerId, offer: OfferId) -> Trigger {
+    /// A valid click with id `id` on a CPC offer.
+    pub fn cpc_click(id: impl Into<TriggerId>, partner: PartnerId, offer: OfferId) -> Trigger {
         Trigger {
+            id: id.into(),
             partner,
             offer,
             what: TriggerKind::CpcClick,
         }
+    }
+
+    /// The key of the delivery of `postback` this trigger causes (revision 0).
+    pub fn key(&self, postback: PostbackId) -> DeliveryKey {
+        DeliveryKey::new(self.id, postback, self.what, 0)
     }
 }
 
@@ -111,8 +117,8 @@ pub enum FireReason {
 #[serde(tag = "reason", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum SkipReason {
-    /// Paused.
-    Inactive,
+    /// Paused by a person.
+    Paused,
     /// Disabled automatically after delivery failures.
     Disabled,
     /// Active, but a more specific level has an active postback.
@@ -216,8 +222,8 @@ impl fmt::Display for Resolution {
                     why: FireReason::AllMatch,
                 } => write!(f, "fires (precedence `all` fires every active match)")?,
                 Outcome::Skipped {
-                    why: SkipReason::Inactive,
-                } => write!(f, "skipped: inactive")?,
+                    why: SkipReason::Paused,
+                } => write!(f, "skipped: paused")?,
                 Outcome::Skipped {
                     why: SkipReason::Disabled,
                 } => write!(f, "skipped: disabled after delivery failures")?,
@@ -240,6 +246,14 @@ pub enum RegistryError {
     /// No such postback.
     #[error("postback {0} does not exist: check the id")]
     NotFound(PostbackId),
+    /// The status change does not apply to the postback's status.
+    #[error("postback {id}: {error}")]
+    Status {
+        /// The postback.
+        id: PostbackId,
+        /// Why.
+        error: StatusError,
+    },
 }
 
 /// The kind part of an index key. Event postbacks are filed under their event, or under
@@ -282,13 +296,45 @@ impl Key {
 }
 
 /// Postbacks, indexed so that resolving a trigger costs at most six hash lookups however many
-/// postbacks there are.
-#[derive(Debug, Clone, Default)]
+/// postbacks there are. Serializes as its precedence and its postbacks (sorted by id); reading
+/// one back refuses duplicate ids.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(into = "RegistryData", try_from = "RegistryData")]
 pub struct Registry {
     postbacks: IdMap<PostbackId, Postback>,
     /// Ids per key, sorted, so resolutions list postbacks in a stable order.
     index: IdMap<Key, Vec<PostbackId>>,
     precedence: Precedence,
+}
+
+/// The serialized form of a [`Registry`].
+#[derive(Serialize, Deserialize)]
+struct RegistryData {
+    #[serde(default)]
+    precedence: Precedence,
+    postbacks: Vec<Postback>,
+}
+
+impl From<Registry> for RegistryData {
+    fn from(r: Registry) -> Self {
+        let mut postbacks: Vec<Postback> = r.postbacks.into_values().collect();
+        postbacks.sort_by_key(Postback::id);
+        RegistryData {
+            precedence: r.precedence,
+            postbacks,
+        }
+    }
+}
+
+impl TryFrom<RegistryData> for Registry {
+    type Error = RegistryError;
+    fn try_from(d: RegistryData) -> Result<Self, Self::Error> {
+        let mut r = Registry::with_precedence(d.precedence);
+        for p in d.postbacks {
+            r.insert(p)?;
+        }
+        Ok(r)
+    }
 }
 
 impl Registry {
@@ -360,30 +406,50 @@ impl Registry {
         Ok(old)
     }
 
-    /// Make a postback active (after a pause, or after it was disabled automatically).
+    /// Pause a postback (a person's decision): it takes no new triggers until resumed.
+    pub fn pause(&mut self, id: PostbackId) -> Result<Status, RegistryError> {
+        let next = self.status_of(id)?.pause();
+        self.set_status(id, next)
+    }
+
+    /// Resume a paused postback. An automatically disabled one is refused: [`enable`](Self::enable) it.
+    pub fn resume(&mut self, id: PostbackId) -> Result<Status, RegistryError> {
+        let next = self
+            .status_of(id)?
+            .resume()
+            .map_err(|error| RegistryError::Status { id, error })?;
+        self.set_status(id, next)
+    }
+
+    /// Enable a postback again after an automatic disable. A paused one is refused:
+    /// [`resume`](Self::resume) it.
     pub fn enable(&mut self, id: PostbackId) -> Result<Status, RegistryError> {
-        self.set_status(id, Status::Active)
+        let next = self
+            .status_of(id)?
+            .enable()
+            .map_err(|error| RegistryError::Status { id, error })?;
+        self.set_status(id, next)
     }
 
-    /// Pause a postback (status inactive).
-    pub fn disable(&mut self, id: PostbackId) -> Result<Status, RegistryError> {
-        self.set_status(id, Status::Inactive)
-    }
-
-    /// Switch a postback off after delivery failures, with the reason and time.
+    /// Switch an active postback off after delivery failures, with the reason and time. Returns
+    /// whether it changed: a postback already off is left as it is.
     pub fn disable_automatically(
         &mut self,
         id: PostbackId,
         reason: impl Into<String>,
         at: DateTime<Utc>,
-    ) -> Result<Status, RegistryError> {
-        self.set_status(
-            id,
-            Status::Disabled {
-                reason: reason.into(),
-                at,
-            },
-        )
+    ) -> Result<bool, RegistryError> {
+        match self.status_of(id)?.disable_automatically(reason.into(), at) {
+            Some(next) => self.set_status(id, next).map(|_| true),
+            None => Ok(false),
+        }
+    }
+
+    fn status_of(&self, id: PostbackId) -> Result<&Status, RegistryError> {
+        self.postbacks
+            .get(&id)
+            .map(Postback::status)
+            .ok_or(RegistryError::NotFound(id))
     }
 
     /// A postback by id.
@@ -445,8 +511,8 @@ impl Registry {
                     continue;
                 };
                 let outcome = match (p.status(), self.precedence, winner) {
-                    (Status::Inactive, ..) => Outcome::Skipped {
-                        why: SkipReason::Inactive,
+                    (Status::Paused, ..) => Outcome::Skipped {
+                        why: SkipReason::Paused,
                     },
                     (Status::Disabled { .. }, ..) => Outcome::Skipped {
                         why: SkipReason::Disabled,

@@ -8,13 +8,13 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use postback::access::Actor;
 use postback::delivery::{
-    Action, Attempt, Delivery, DeliveryId, DisablePolicy, Failure, GiveUpReason, Outbound,
-    Progress, RetryPolicy, State, parse_retry_after,
+    Action, Attempt, Delivery, DeliveryId, DisablePolicy, Failure, GiveUpReason, Progress,
+    RetryPolicy, SendContext, State, parse_retry_after,
 };
 use postback::engine::{Engine, EngineConfig, Event};
-use postback::model::{HttpMethod, ManagerId, OfferId, PartnerId, Postback, PostbackId};
+use postback::model::{ManagerId, OfferId, PartnerId, Postback, PostbackId};
 use postback::registry::{Registry, Trigger};
-use postback::template::{Macro, ValueMap};
+use postback::template::{Macro, MacroValues, ValueMap};
 use proptest::prelude::*;
 
 const PARTNER: PartnerId = PartnerId::new(7);
@@ -167,14 +167,16 @@ proptest! {
         latency_ms in 0i64..5_000,
     ) {
         let id = DeliveryId::new(3);
-        let req = Outbound::new(HttpMethod::Get, "https://t.example/pb?cid=1").unwrap();
-        let mut d = Delivery::new(id, PB, req, t0(), Duration::ZERO);
+        let pb = Postback::builder(PB).partner(PARTNER).url("https://t.example/pb?cid={sub1}").build().unwrap();
+        let ctx = SendContext::new(&pb);
+        let values = ValueMap::new().with(Macro::SUB1, "1").to_stored(&[]);
+        let mut d = Delivery::new(id, Trigger::conversion(1, PARTNER, OFFER).key(PB), values, t0(), Duration::ZERO);
         let latency = TimeDelta::milliseconds(latency_ms);
         let mut now = t0();
         let mut sends = 0usize;
         let bound = (policy.max_attempts * policy.max_local_refusals) as usize;
         let last = loop {
-            let Action::Send(_) = d.poll(now) else {
+            let Action::Send(_) = d.poll(now, &ctx) else {
                 prop_assert!(false, "not sendable at its due time: {:?}", d.state());
                 unreachable!()
             };
@@ -202,7 +204,7 @@ proptest! {
             }
         };
         prop_assert!(d.is_finished());
-        prop_assert!(matches!(d.poll(now), Action::Finished));
+        prop_assert!(matches!(d.poll(now, &ctx), Action::Finished));
         assert_within_limits(d.attempts(), &policy)?;
         assert_time_flows(d.attempts())?;
         let final_attempt = d.attempts().last().unwrap();
@@ -367,10 +369,10 @@ proptest! {
             created: BTreeSet::new(),
         };
         let values = ValueMap::new().with(Macro::SUB1, "clk");
-        for gap in gaps {
+        for (i, gap) in gaps.into_iter().enumerate() {
             let to = run.now + TimeDelta::seconds(gap);
             run.run(Some(to));
-            let fired = run.engine.handle_trigger(run.now, &Trigger::conversion(PARTNER, OFFER), &values);
+            let fired = run.engine.handle_trigger(run.now, &Trigger::conversion(i as u64, PARTNER, OFFER), &values);
             // Sent now, or held because the postback is disabled: either way it must not vanish.
             for (_, id) in fired.deliveries.into_iter().chain(fired.held) {
                 prop_assert!(run.created.insert(id));
@@ -427,11 +429,17 @@ proptest! {
 #[test]
 fn a_delivery_is_sent_at_most_max_attempts_plus_max_local_refusals_times_per_release() {
     let policy = RetryPolicy::default().jitter(0, 0);
-    let req = Outbound::new(HttpMethod::Get, "https://t.example/pb?cid=1").unwrap();
-    let mut d = Delivery::new(DeliveryId::new(1), PB, req, t0(), Duration::ZERO);
+    let pb = Postback::builder(PB)
+        .partner(PARTNER)
+        .url("https://t.example/pb?cid={sub1}")
+        .build()
+        .unwrap();
+    let values = ValueMap::new().with(Macro::SUB1, "1").to_stored(&[]);
+    let key = Trigger::conversion(1, PARTNER, OFFER).key(PB);
+    let mut d = Delivery::new(DeliveryId::new(1), key, values, t0(), Duration::ZERO);
     let mut now = t0();
     let mut sends = 0u32;
-    while let Action::Send(_) = d.poll(now) {
+    while let Action::Send(_) = d.poll(now, &SendContext::new(&pb)) {
         sends += 1;
         // 24 refusals, then one 500, over and over.
         let result = if sends % 25 == 0 {

@@ -1,9 +1,11 @@
 //! Edge cases of the engine found in review: restarts, changes behind the engine's back,
 //! deletes while a request is out, shards, and secrets in debug output.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use chrono::{DateTime, TimeDelta, Utc};
 use postback::access::Actor;
-use postback::delivery::{DeliveryId, DisablePolicy, Failure, RetryPolicy};
+use postback::delivery::{DeliveryId, DisablePolicy, Failure, FailureClass, RetryPolicy};
 use postback::engine::{Engine, EngineConfig, Event};
 use postback::model::{ManagerId, OfferId, PartnerId, Postback, PostbackId, Status};
 use postback::registry::{Registry, Trigger};
@@ -29,9 +31,12 @@ fn engine(config: EngineConfig) -> Engine {
     Engine::new(config.retry(RetryPolicy::default().jitter(0, 0)), reg)
 }
 
+/// A conversion with a trigger id of its own.
 fn convert(e: &mut Engine, now: DateTime<Utc>) -> DeliveryId {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let id = NEXT.fetch_add(1, Ordering::Relaxed);
     let values = ValueMap::new().with(Macro::SUB1, "clk");
-    let fired = e.handle_trigger(now, &Trigger::conversion(PARTNER, OFFER), &values);
+    let fired = e.handle_trigger(now, &Trigger::conversion(id, PARTNER, OFFER), &values);
     fired.deliveries[0].1
 }
 
@@ -47,33 +52,51 @@ fn events(e: &mut Engine) -> Vec<Event> {
 }
 
 #[test]
-fn a_request_in_flight_at_a_snapshot_is_sent_again_after_a_restart() {
+fn a_request_in_flight_at_a_snapshot_is_sent_again_when_its_lease_runs_out_after_a_restore() {
     let mut e = engine(EngineConfig::default());
     let d = convert(&mut e, t0());
     let tx = e.poll_transmit(t0()).unwrap();
     assert_eq!(tx.delivery, d);
 
     let saved = serde_json::to_string(&e).unwrap();
-    let mut restored: Engine = serde_json::from_str(&saved).unwrap();
-    // Restored as it was: in flight, nothing due.
-    assert!(restored.poll_transmit(t0() + TimeDelta::days(30)).is_none());
-    // The new process knows no answer will come.
-    assert_eq!(restored.requeue_in_flight(), 1);
-    let again = restored.poll_transmit(t0()).unwrap();
+    let mut restored =
+        Engine::restore(e.config().clone(), serde_json::from_str(&saved).unwrap()).unwrap();
+    // Restored as it was: in flight, not idle, due again when the lease (5 minutes) runs out.
+    assert!(!restored.is_idle());
+    let lease_end = t0() + TimeDelta::minutes(5);
+    assert_eq!(restored.poll_timeout(), Some(lease_end));
+    assert!(
+        restored
+            .poll_transmit(lease_end - TimeDelta::seconds(1))
+            .is_none()
+    );
+    let again = restored.poll_transmit(lease_end).unwrap();
     assert_eq!(again.delivery, d);
+    assert_eq!(again.key, tx.key);
     assert_eq!(again.request.uri(), tx.request.uri());
-    restored.handle_response(t0(), d, status(200)).unwrap();
-    assert!(matches!(
-        events(&mut restored)[..],
-        [Event::Delivered { .. }]
-    ));
+    restored.handle_response(lease_end, d, status(200)).unwrap();
+    let evs = events(&mut restored);
+    let [
+        Event::RetryScheduled {
+            failure,
+            counted: false,
+            ..
+        },
+        Event::Delivered { record },
+    ] = &evs[..]
+    else {
+        panic!("{evs:?}")
+    };
+    assert_eq!(*failure, FailureClass::Interrupted);
+    assert_eq!(record.attempts().len(), 2);
+    assert_eq!(restored.health(PB).map(|h| h.consecutive_failures), Some(0));
 }
 
 #[test]
 fn a_postback_paused_through_registry_mut_is_not_sent_to() {
     let mut e = engine(EngineConfig::default());
     let d = convert(&mut e, t0());
-    e.registry_mut().disable(PB).unwrap();
+    e.registry_mut().pause(PB).unwrap();
     assert!(e.poll_transmit(t0()).is_none());
     assert_eq!(
         events(&mut e),
@@ -121,20 +144,6 @@ fn a_failed_request_of_a_deleted_postback_ends_instead_of_waiting_forever() {
     assert!(matches!(events(&mut e)[..], [Event::GaveUp { .. }]));
     assert_eq!(e.deliveries().count(), 0);
     assert!(e.is_idle());
-}
-
-#[test]
-fn shards_hand_out_delivery_ids_from_their_own_range() {
-    let mut e = engine(EngineConfig::default().first_delivery_id(2 << 48));
-    assert_eq!(convert(&mut e, t0()), DeliveryId::new(2 << 48));
-    assert_eq!(convert(&mut e, t0()), DeliveryId::new((2 << 48) + 1));
-    let tx = e.poll_transmit(t0()).unwrap();
-    assert!(
-        tx.request
-            .uri()
-            .to_string()
-            .ends_with(&format!("d={}", 2u64 << 48))
-    );
 }
 
 #[test]

@@ -64,8 +64,15 @@ fn values(click: &str) -> ValueMap {
         .with(Macro::CURRENCY, Currency::new("EUR").unwrap())
 }
 
+/// A conversion with a trigger id of its own.
 fn fire(engine: &mut Engine, click: &str) {
-    let fired = engine.handle_trigger(now(), &Trigger::conversion(PARTNER, OFFER), &values(click));
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let fired = engine.handle_trigger(
+        now(),
+        &Trigger::conversion(id, PARTNER, OFFER),
+        &values(click),
+    );
     assert_eq!(fired.deliveries.len(), 1, "{fired:?}");
 }
 
@@ -384,10 +391,11 @@ fn the_partner_receives_the_expanded_template_byte_for_byte() {
     let config = EngineConfig::default().idempotency_header("Idempotency-Key");
     let mut engine = engine(&receiver.url(template), config);
     let values = values("clk 1&payout=999#x").with(Macro::SUB2, "café/au lait");
-    let fired = engine.handle_trigger(now(), &Trigger::conversion(PARTNER, OFFER), &values);
-    let [(_, delivery)] = fired.deliveries.as_slice() else {
+    let fired = engine.handle_trigger(now(), &Trigger::conversion(1001, PARTNER, OFFER), &values);
+    let [(pb, _)] = fired.deliveries.as_slice() else {
         panic!("{fired:?}")
     };
+    let delivery = format!("1001.{pb}.conversion.0");
 
     let _ = run(&mut engine, &loopback(Duration::from_secs(5)));
 
@@ -401,10 +409,7 @@ fn the_partner_receives_the_expanded_template_byte_for_byte() {
         "/pb/caf%C3%A9%2Fau%20lait?currency=EUR&cid=clk%201%26payout%3D999%23x&payout=12.50&dedupe={delivery}"
     );
     assert_eq!(request.target, expected.as_bytes());
-    assert_eq!(
-        request.header("Idempotency-Key"),
-        Some(delivery.to_string().as_str())
-    );
+    assert_eq!(request.header("Idempotency-Key"), Some(delivery.as_str()));
     assert_eq!(
         request.header("Host"),
         Some(receiver.addr().to_string().as_str())

@@ -149,8 +149,8 @@ struct Load {
 
 /// Fire `CONVERSIONS` conversions and run them all through the async driver.
 async fn load(engine: &mut Engine) -> Load {
-    let trigger = Trigger::conversion(PARTNER, OFFER);
     for i in 0..CONVERSIONS {
+        let trigger = Trigger::conversion(i as u64, PARTNER, OFFER);
         let values = ValueMap::new().with(Macro::SUB1, format!("clk-{i}").as_str());
         let fired = engine.handle_trigger(TokioClock.now(), &trigger, &values);
         assert_eq!(fired.deliveries.len(), 1);

@@ -1,4 +1,4 @@
-//! Who may create, edit, enable, disable and delete which postback: the complete permission
+//! Who may create, edit, pause, resume, enable, delete and test-fire which postback: the complete permission
 //! matrix driven through the `Gatekeeper`, and the audit trail of authorized changes.
 
 use chrono::{DateTime, Utc};
@@ -57,7 +57,7 @@ fn edited(p: &Postback) -> Postback {
 fn snapshot(reg: &Registry) -> (Vec<Postback>, Resolution) {
     let mut all: Vec<Postback> = reg.iter().cloned().collect();
     all.sort_by_key(Postback::id);
-    (all, reg.resolve(&Trigger::conversion(OWNER, OFFER)))
+    (all, reg.resolve(&Trigger::conversion(1, OWNER, OFFER)))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,30 +97,38 @@ use Level::{OfferGlobal, PartnerGlobal, Specific};
 use Who::{Network, Other, Owner};
 
 /// Every cell of the matrix. Columns follow `Operation::ALL`:
-/// create, edit, enable, disable, delete.
+/// create, edit, pause, resume, enable, delete, test-fire.
 #[rustfmt::skip]
-const MATRIX: [(Who, Level, bool, [Expect; 5]); 18] = [
-    // actor    level          partners   create       edit         enable       disable      delete
+const MATRIX: [(Who, Level, bool, [Expect; 7]); 18] = [
+    // actor    level          partners   create       edit         pause        resume       enable       delete       test-fire
     //                         may edit
-    (Network, PartnerGlobal, true,  [Ok,          Ok,          Ok,          Ok,          Ok         ]),
-    (Network, PartnerGlobal, false, [Ok,          Ok,          Ok,          Ok,          Ok         ]),
-    (Network, OfferGlobal,   true,  [Ok,          Ok,          Ok,          Ok,          Ok         ]),
-    (Network, OfferGlobal,   false, [Ok,          Ok,          Ok,          Ok,          Ok         ]),
-    (Network, Specific,      true,  [Ok,          Ok,          Ok,          Ok,          Ok         ]),
-    (Network, Specific,      false, [Ok,          Ok,          Ok,          Ok,          Ok         ]),
-    (Owner,   PartnerGlobal, true,  [Ok,          Ok,          Ok,          Ok,          Ok         ]),
-    (Owner,   PartnerGlobal, false, [EditingOff,  EditingOff,  EditingOff,  EditingOff,  EditingOff ]),
-    (Owner,   OfferGlobal,   true,  [NetworkOnly, NetworkOnly, NetworkOnly, NetworkOnly, NetworkOnly]),
-    (Owner,   OfferGlobal,   false, [EditingOff,  EditingOff,  EditingOff,  EditingOff,  EditingOff ]),
-    (Owner,   Specific,      true,  [Ok,          Ok,          Ok,          Ok,          Ok         ]),
-    (Owner,   Specific,      false, [EditingOff,  EditingOff,  EditingOff,  EditingOff,  EditingOff ]),
-    (Other,   PartnerGlobal, true,  [NotOwner,    NotOwner,    NotOwner,    NotOwner,    NotOwner   ]),
-    (Other,   PartnerGlobal, false, [EditingOff,  EditingOff,  EditingOff,  EditingOff,  EditingOff ]),
-    (Other,   OfferGlobal,   true,  [NetworkOnly, NetworkOnly, NetworkOnly, NetworkOnly, NetworkOnly]),
-    (Other,   OfferGlobal,   false, [EditingOff,  EditingOff,  EditingOff,  EditingOff,  EditingOff ]),
-    (Other,   Specific,      true,  [NotOwner,    NotOwner,    NotOwner,    NotOwner,    NotOwner   ]),
-    (Other,   Specific,      false, [EditingOff,  EditingOff,  EditingOff,  EditingOff,  EditingOff ]),
+    (Network, PartnerGlobal, true,  [Ok         , Ok         , Ok         , Ok         , Ok         , Ok         , Ok         ]),
+    (Network, PartnerGlobal, false, [Ok         , Ok         , Ok         , Ok         , Ok         , Ok         , Ok         ]),
+    (Network, OfferGlobal,   true,  [Ok         , Ok         , Ok         , Ok         , Ok         , Ok         , Ok         ]),
+    (Network, OfferGlobal,   false, [Ok         , Ok         , Ok         , Ok         , Ok         , Ok         , Ok         ]),
+    (Network, Specific,      true,  [Ok         , Ok         , Ok         , Ok         , Ok         , Ok         , Ok         ]),
+    (Network, Specific,      false, [Ok         , Ok         , Ok         , Ok         , Ok         , Ok         , Ok         ]),
+    (Owner,   PartnerGlobal, true,  [Ok         , Ok         , Ok         , Ok         , Ok         , Ok         , Ok         ]),
+    (Owner,   PartnerGlobal, false, [EditingOff , EditingOff , EditingOff , EditingOff , EditingOff , EditingOff , EditingOff ]),
+    (Owner,   OfferGlobal,   true,  [NetworkOnly, NetworkOnly, NetworkOnly, NetworkOnly, NetworkOnly, NetworkOnly, NetworkOnly]),
+    (Owner,   OfferGlobal,   false, [EditingOff , EditingOff , EditingOff , EditingOff , EditingOff , EditingOff , EditingOff ]),
+    (Owner,   Specific,      true,  [Ok         , Ok         , Ok         , Ok         , Ok         , Ok         , Ok         ]),
+    (Owner,   Specific,      false, [EditingOff , EditingOff , EditingOff , EditingOff , EditingOff , EditingOff , EditingOff ]),
+    (Other,   PartnerGlobal, true,  [NotOwner   , NotOwner   , NotOwner   , NotOwner   , NotOwner   , NotOwner   , NotOwner   ]),
+    (Other,   PartnerGlobal, false, [EditingOff , EditingOff , EditingOff , EditingOff , EditingOff , EditingOff , EditingOff ]),
+    (Other,   OfferGlobal,   true,  [NetworkOnly, NetworkOnly, NetworkOnly, NetworkOnly, NetworkOnly, NetworkOnly, NetworkOnly]),
+    (Other,   OfferGlobal,   false, [EditingOff , EditingOff , EditingOff , EditingOff , EditingOff , EditingOff , EditingOff ]),
+    (Other,   Specific,      true,  [NotOwner   , NotOwner   , NotOwner   , NotOwner   , NotOwner   , NotOwner   , NotOwner   ]),
+    (Other,   Specific,      false, [EditingOff , EditingOff , EditingOff , EditingOff , EditingOff , EditingOff , EditingOff ]),
 ];
+
+/// The status of a postback switched off after delivery failures.
+fn disabled_status() -> Status {
+    Status::Disabled {
+        reason: "25 failed attempts".to_owned(),
+        at: now(),
+    }
+}
 
 /// Run one cell against a fresh registry and check the exact outcome.
 fn check_cell(who: Who, level: Level, may_edit: bool, op: Operation, expect: Expect) {
@@ -147,23 +155,33 @@ fn check_cell(who: Who, level: Level, may_edit: bool, op: Operation, expect: Exp
             }
             (r, Some(original.clone()), Some(new))
         }
-        Operation::Enable => {
-            let paused = with_status(&original, Status::Inactive);
+        Operation::Resume => {
+            let paused = with_status(&original, Status::Paused);
             reg.insert(paused.clone()).unwrap();
-            let r = gate.enable(&mut reg, actor, now(), ID);
+            let r = gate.resume(&mut reg, actor, now(), ID);
             (
                 r,
                 Some(paused),
                 Some(with_status(&original, Status::Active)),
             )
         }
-        Operation::Disable => {
+        Operation::Enable => {
+            let disabled = with_status(&original, disabled_status());
+            reg.insert(disabled.clone()).unwrap();
+            let r = gate.enable(&mut reg, actor, now(), ID);
+            (
+                r,
+                Some(disabled),
+                Some(with_status(&original, Status::Active)),
+            )
+        }
+        Operation::Pause => {
             reg.insert(original.clone()).unwrap();
-            let r = gate.disable(&mut reg, actor, now(), ID);
+            let r = gate.pause(&mut reg, actor, now(), ID);
             (
                 r,
                 Some(original.clone()),
-                Some(with_status(&original, Status::Inactive)),
+                Some(with_status(&original, Status::Paused)),
             )
         }
         Operation::Delete => {
@@ -171,7 +189,12 @@ fn check_cell(who: Who, level: Level, may_edit: bool, op: Operation, expect: Exp
             let r = gate.delete(&mut reg, actor, now(), ID);
             (r, Some(original.clone()), None)
         }
-        _ => unreachable!("Operation::ALL has five operations"),
+        Operation::TestFire => {
+            reg.insert(original.clone()).unwrap();
+            let r = gate.test_fire(&reg, actor, now(), ID);
+            (r, Some(original.clone()), Some(original.clone()))
+        }
+        _ => unreachable!("Operation::ALL has seven operations"),
     };
 
     match expect {
@@ -207,12 +230,13 @@ fn check_cell(who: Who, level: Level, may_edit: bool, op: Operation, expect: Exp
             // Unchanged: exactly what was there before the operation.
             let unchanged = match op {
                 Operation::Create => None,
-                Operation::Enable => Some(with_status(&original, Status::Inactive)),
+                Operation::Resume => Some(with_status(&original, Status::Paused)),
+                Operation::Enable => Some(with_status(&original, disabled_status())),
                 _ => Some(original.clone()),
             };
             assert_eq!(reg.get(ID), unchanged.as_ref(), "{cell}: registry changed");
             assert_eq!(reg.len(), usize::from(unchanged.is_some()), "{cell}");
-            let resolved = reg.resolve(&Trigger::conversion(OWNER, OFFER));
+            let resolved = reg.resolve(&Trigger::conversion(1, OWNER, OFFER));
             let expected_firing: Vec<PostbackId> = match &unchanged {
                 Some(p) if p.status().is_active() => vec![ID],
                 _ => vec![],
@@ -244,9 +268,11 @@ fn the_permission_matrix_covers_every_actor_level_and_setting_exactly_once() {
         [
             Operation::Create,
             Operation::Edit,
+            Operation::Pause,
+            Operation::Resume,
             Operation::Enable,
-            Operation::Disable,
             Operation::Delete,
+            Operation::TestFire,
         ],
         "the matrix columns follow Operation::ALL"
     );
@@ -261,7 +287,7 @@ fn every_cell_of_the_permission_matrix_has_its_exact_outcome() {
             cells += 1;
         }
     }
-    assert_eq!(cells, 3 * 3 * 2 * 5);
+    assert_eq!(cells, 3 * 3 * 2 * 7);
 }
 
 #[test]
@@ -343,7 +369,7 @@ fn a_partner_may_edit_its_postback_between_its_own_levels() {
     assert_eq!(entry.after, Some(specific.clone()));
     assert_eq!(reg.get(ID), Some(&specific));
     assert_eq!(
-        reg.resolve(&Trigger::conversion(OWNER, OFFER))
+        reg.resolve(&Trigger::conversion(1, OWNER, OFFER))
             .decision(ID)
             .map(|d| d.level),
         Some(Specific)
@@ -372,11 +398,11 @@ fn a_network_manager_may_move_a_postback_to_another_partner() {
         }
     );
     assert_eq!(
-        reg.resolve(&Trigger::conversion(OWNER, OFFER)).decisions,
+        reg.resolve(&Trigger::conversion(1, OWNER, OFFER)).decisions,
         []
     );
     assert_eq!(
-        reg.resolve(&Trigger::conversion(OTHER, OFFER))
+        reg.resolve(&Trigger::conversion(1, OTHER, OFFER))
             .firing()
             .collect::<Vec<_>>(),
         [ID]
@@ -391,14 +417,14 @@ fn audit_entries_carry_the_postback_before_and_after_each_change() {
     let mut reg = Registry::new();
     let created = target(Specific);
     let changed = edited(&created);
-    let paused = with_status(&changed, Status::Inactive);
+    let paused = with_status(&changed, Status::Paused);
 
     let trail = vec![
         gate.create(&mut reg, actor, at(0), created.clone())
             .unwrap(),
         gate.edit(&mut reg, actor, at(1), changed.clone()).unwrap(),
-        gate.disable(&mut reg, actor, at(2), ID).unwrap(),
-        gate.enable(&mut reg, actor, at(3), ID).unwrap(),
+        gate.pause(&mut reg, actor, at(2), ID).unwrap(),
+        gate.resume(&mut reg, actor, at(3), ID).unwrap(),
         gate.delete(&mut reg, actor, at(4), ID).unwrap(),
     ];
     let entry = |operation, s, before: Option<&Postback>, after: Option<&Postback>| AuditEntry {
@@ -414,8 +440,8 @@ fn audit_entries_carry_the_postback_before_and_after_each_change() {
         [
             entry(Operation::Create, 0, None, Some(&created)),
             entry(Operation::Edit, 1, Some(&created), Some(&changed)),
-            entry(Operation::Disable, 2, Some(&changed), Some(&paused)),
-            entry(Operation::Enable, 3, Some(&paused), Some(&changed)),
+            entry(Operation::Pause, 2, Some(&changed), Some(&paused)),
+            entry(Operation::Resume, 3, Some(&paused), Some(&changed)),
             entry(Operation::Delete, 4, Some(&changed), None),
         ]
     );
@@ -450,7 +476,7 @@ fn enabling_an_automatically_disabled_postback_makes_it_active() {
     reg.insert(original.clone()).unwrap();
     reg.disable_automatically(ID, "25 failed deliveries", disabled_at())
         .unwrap();
-    let trigger = Trigger::conversion(OWNER, OFFER);
+    let trigger = Trigger::conversion(1, OWNER, OFFER);
     assert_eq!(reg.resolve(&trigger).firing().count(), 0);
 
     let entry = gate
@@ -492,10 +518,12 @@ fn operations_on_a_missing_postback_report_not_found() {
             gate.enable(&mut reg, actor, now(), ID),
             Err(missing.clone())
         );
+        assert_eq!(gate.pause(&mut reg, actor, now(), ID), Err(missing.clone()));
         assert_eq!(
-            gate.disable(&mut reg, actor, now(), ID),
+            gate.resume(&mut reg, actor, now(), ID),
             Err(missing.clone())
         );
+        assert_eq!(gate.test_fire(&reg, actor, now(), ID), Err(missing.clone()));
         assert_eq!(
             gate.delete(&mut reg, actor, now(), ID),
             Err(missing.clone())
@@ -538,10 +566,10 @@ fn access_error_messages_are_lowercase_led_and_say_who_may_do_it() {
                 actor: OTHER,
                 owner: "partner 7".to_owned(),
                 postback: ID,
-                operation: Operation::Disable,
+                operation: Operation::Pause,
             },
             "postback 1 belongs to partner 7, not partner 8: only its owner or a network manager may \
-             disable it",
+             pause it",
         ),
     ];
     for (err, expected) in cases {

@@ -88,7 +88,7 @@ fn shadowed(id: u64, level: Level, by: Level) -> Decision {
 }
 
 fn conversion() -> Trigger {
-    Trigger::conversion(PARTNER, OFFER)
+    Trigger::conversion(1, PARTNER, OFFER)
 }
 
 fn ids(ids: &[u64]) -> Vec<PostbackId> {
@@ -139,13 +139,13 @@ fn an_inactive_specific_postback_lets_the_offer_global_level_serve() {
         vec![
             partner_global(1),
             offer_global(2),
-            specific(3).status(Status::Inactive),
+            specific(3).status(Status::Paused),
         ],
     );
     assert_eq!(
         reg.resolve(&conversion()).decisions,
         [
-            skipped(3, Level::Specific, SkipReason::Inactive),
+            skipped(3, Level::Specific, SkipReason::Paused),
             fires(2, Level::OfferGlobal),
             shadowed(1, Level::PartnerGlobal, Level::OfferGlobal),
         ]
@@ -179,8 +179,8 @@ fn fall_through_passes_several_levels_until_an_active_postback_serves() {
         vec![
             partner_global(1),
             offer_global(2).status(disabled()),
-            offer_global(3).status(Status::Inactive),
-            specific(4).status(Status::Inactive),
+            offer_global(3).status(Status::Paused),
+            specific(4).status(Status::Paused),
             specific(5).status(disabled()),
         ],
     );
@@ -188,20 +188,20 @@ fn fall_through_passes_several_levels_until_an_active_postback_serves() {
     assert_eq!(
         r.decisions,
         [
-            skipped(4, Level::Specific, SkipReason::Inactive),
+            skipped(4, Level::Specific, SkipReason::Paused),
             skipped(5, Level::Specific, SkipReason::Disabled),
             skipped(2, Level::OfferGlobal, SkipReason::Disabled),
-            skipped(3, Level::OfferGlobal, SkipReason::Inactive),
+            skipped(3, Level::OfferGlobal, SkipReason::Paused),
             fires(1, Level::PartnerGlobal),
         ]
     );
     assert_eq!(
         r.skipped().collect::<Vec<_>>(),
         [
-            (PostbackId::new(4), SkipReason::Inactive),
+            (PostbackId::new(4), SkipReason::Paused),
             (PostbackId::new(5), SkipReason::Disabled),
             (PostbackId::new(2), SkipReason::Disabled),
-            (PostbackId::new(3), SkipReason::Inactive),
+            (PostbackId::new(3), SkipReason::Paused),
         ]
     );
 }
@@ -215,7 +215,7 @@ fn every_active_postback_on_the_winning_level_fires_in_id_order() {
             specific(5),
             offer_global(2),
             specific(3),
-            specific(4).status(Status::Inactive),
+            specific(4).status(Status::Paused),
             partner_global(1),
         ],
     );
@@ -224,7 +224,7 @@ fn every_active_postback_on_the_winning_level_fires_in_id_order() {
         r.decisions,
         [
             fires(3, Level::Specific),
-            skipped(4, Level::Specific, SkipReason::Inactive),
+            skipped(4, Level::Specific, SkipReason::Paused),
             fires(5, Level::Specific),
             shadowed(2, Level::OfferGlobal, Level::Specific),
             shadowed(1, Level::PartnerGlobal, Level::Specific),
@@ -242,7 +242,7 @@ fn precedence_all_fires_every_active_match_and_still_skips_inactive_and_disabled
             offer_global(2).status(disabled()),
             offer_global(3),
             specific(4),
-            specific(5).status(Status::Inactive),
+            specific(5).status(Status::Paused),
         ],
     );
     let r = reg.resolve(&conversion());
@@ -253,7 +253,7 @@ fn precedence_all_fires_every_active_match_and_still_skips_inactive_and_disabled
             precedence: Precedence::All,
             decisions: vec![
                 fires_as_match(4, Level::Specific),
-                skipped(5, Level::Specific, SkipReason::Inactive),
+                skipped(5, Level::Specific, SkipReason::Paused),
                 skipped(2, Level::OfferGlobal, SkipReason::Disabled),
                 fires_as_match(3, Level::OfferGlobal),
                 fires_as_match(1, Level::PartnerGlobal),
@@ -324,7 +324,7 @@ fn an_event_fires_postbacks_for_that_event_and_for_all_events_but_not_for_anothe
     );
     // That event's postbacks first, then those for every event.
     assert_eq!(
-        reg.resolve(&Trigger::event(PARTNER, OFFER, EVENT))
+        reg.resolve(&Trigger::event(1, PARTNER, OFFER, EVENT))
             .decisions,
         [
             fires(2, Level::PartnerGlobal),
@@ -332,7 +332,7 @@ fn an_event_fires_postbacks_for_that_event_and_for_all_events_but_not_for_anothe
         ]
     );
     assert_eq!(
-        reg.resolve(&Trigger::event(PARTNER, OFFER, OTHER_EVENT))
+        reg.resolve(&Trigger::event(1, PARTNER, OFFER, OTHER_EVENT))
             .decisions,
         [
             fires(3, Level::PartnerGlobal),
@@ -340,7 +340,7 @@ fn an_event_fires_postbacks_for_that_event_and_for_all_events_but_not_for_anothe
         ]
     );
     assert_eq!(
-        reg.resolve(&Trigger::event(PARTNER, OFFER, EventId::new(99)))
+        reg.resolve(&Trigger::event(1, PARTNER, OFFER, EventId::new(99)))
             .decisions,
         [fires(1, Level::PartnerGlobal)]
     );
@@ -356,7 +356,7 @@ fn an_all_events_postback_on_a_more_specific_level_overrides_one_for_that_event(
         ],
     );
     assert_eq!(
-        reg.resolve(&Trigger::event(PARTNER, OFFER, EVENT))
+        reg.resolve(&Trigger::event(1, PARTNER, OFFER, EVENT))
             .decisions,
         [
             fires(2, Level::Specific),
@@ -378,7 +378,8 @@ fn a_cpc_click_fires_only_cpc_postbacks() {
         ],
     );
     assert_eq!(
-        reg.resolve(&Trigger::cpc_click(PARTNER, OFFER)).decisions,
+        reg.resolve(&Trigger::cpc_click(1, PARTNER, OFFER))
+            .decisions,
         [fires(4, Level::Specific)]
     );
     // And the CPC postback does not fire for a conversion.
@@ -405,7 +406,7 @@ fn postbacks_of_other_partners_and_other_offers_do_not_match() {
         [fires(1, Level::PartnerGlobal)]
     );
     assert_eq!(
-        reg.resolve(&Trigger::conversion(OTHER_PARTNER, OTHER_OFFER))
+        reg.resolve(&Trigger::conversion(1, OTHER_PARTNER, OTHER_OFFER))
             .decisions,
         [
             fires(3, Level::OfferGlobal),
@@ -445,14 +446,14 @@ fn the_display_of_a_resolution_names_the_reason_for_every_decision() {
             partner_global(1),
             offer_global(2).status(disabled()),
             specific(3),
-            specific(4).status(Status::Inactive),
+            specific(4).status(Status::Paused),
         ],
     );
     assert_eq!(
         reg.resolve(&conversion()).to_string(),
         "conversion of partner 7 on offer 42:\n\
          \x20 postback 3 (specific): fires (most specific level with an active postback)\n\
-         \x20 postback 4 (specific): skipped: inactive\n\
+         \x20 postback 4 (specific): skipped: paused\n\
          \x20 postback 2 (offer-global): skipped: disabled after delivery failures\n\
          \x20 postback 1 (partner-global): skipped: overridden by the specific postback"
     );
@@ -461,7 +462,7 @@ fn the_display_of_a_resolution_names_the_reason_for_every_decision() {
         reg.resolve(&conversion()).to_string(),
         "conversion of partner 7 on offer 42:\n\
          \x20 postback 3 (specific): fires (precedence `all` fires every active match)\n\
-         \x20 postback 4 (specific): skipped: inactive\n\
+         \x20 postback 4 (specific): skipped: paused\n\
          \x20 postback 2 (offer-global): skipped: disabled after delivery failures\n\
          \x20 postback 1 (partner-global): fires (precedence `all` fires every active match)"
     );
@@ -471,12 +472,13 @@ fn the_display_of_a_resolution_names_the_reason_for_every_decision() {
 fn the_display_of_a_resolution_names_the_trigger() {
     let reg = Registry::new();
     assert_eq!(
-        reg.resolve(&Trigger::event(PARTNER, OFFER, EVENT))
+        reg.resolve(&Trigger::event(1, PARTNER, OFFER, EVENT))
             .to_string(),
         "event 3 of partner 7 on offer 42: no postback matches"
     );
     assert_eq!(
-        reg.resolve(&Trigger::cpc_click(PARTNER, OFFER)).to_string(),
+        reg.resolve(&Trigger::cpc_click(1, PARTNER, OFFER))
+            .to_string(),
         "CPC click of partner 7 on offer 42: no postback matches"
     );
 }
@@ -532,12 +534,12 @@ fn updating_a_postback_to_another_level_moves_it_in_the_resolution() {
         .unwrap();
     assert_eq!(reg.resolve(&conversion()).decisions, []);
     assert_eq!(
-        reg.resolve(&Trigger::event(PARTNER, OFFER, EVENT))
+        reg.resolve(&Trigger::event(1, PARTNER, OFFER, EVENT))
             .decisions,
         [fires(2, Level::PartnerGlobal)]
     );
     assert_eq!(
-        reg.resolve(&Trigger::conversion(OTHER_PARTNER, OTHER_OFFER))
+        reg.resolve(&Trigger::conversion(1, OTHER_PARTNER, OTHER_OFFER))
             .decisions,
         [fires(1, Level::OfferGlobal)]
     );
@@ -599,24 +601,35 @@ fn removing_the_winning_postback_lets_the_next_level_serve() {
 }
 
 #[test]
-fn pausing_and_enabling_through_the_registry_changes_the_resolution() {
+fn pausing_resuming_and_enabling_through_the_registry_changes_the_resolution() {
     let mut reg = registry(Precedence::Override, vec![partner_global(1), specific(2)]);
     let two = PostbackId::new(2);
 
-    assert_eq!(reg.disable(two), Ok(Status::Active));
+    assert_eq!(reg.pause(two), Ok(Status::Active));
     assert_eq!(
         reg.resolve(&conversion()).decisions,
         [
-            skipped(2, Level::Specific, SkipReason::Inactive),
+            skipped(2, Level::Specific, SkipReason::Paused),
             fires(1, Level::PartnerGlobal),
         ]
     );
 
-    assert_eq!(reg.enable(two), Ok(Status::Inactive));
+    // Enabling is for the automatic disable; a pause is undone by resuming.
+    assert!(matches!(
+        reg.enable(two),
+        Err(RegistryError::Status { id, .. }) if id == two
+    ));
+    assert_eq!(reg.resume(two), Ok(Status::Paused));
     assert_eq!(
         reg.disable_automatically(two, "25 failed deliveries", at()),
-        Ok(Status::Active)
+        Ok(true)
     );
+    // Once off, a second automatic disable changes nothing (one notification, one reason).
+    assert_eq!(reg.disable_automatically(two, "again", at()), Ok(false));
+    assert!(matches!(
+        reg.resume(two),
+        Err(RegistryError::Status { id, .. }) if id == two
+    ));
     assert_eq!(reg.get(two).unwrap().status(), &disabled());
     assert_eq!(
         reg.resolve(&conversion()).decisions,
@@ -647,17 +660,16 @@ fn a_resolution_serializes_with_serde_json() {
         vec![
             partner_global(1).kind(Kind::any_event()),
             specific(2).kind(Kind::event(EVENT)),
-            specific(3)
-                .kind(Kind::event(EVENT))
-                .status(Status::Inactive),
+            specific(3).kind(Kind::event(EVENT)).status(Status::Paused),
         ],
     );
-    let r = reg.resolve(&Trigger::event(PARTNER, OFFER, EVENT));
+    let r = reg.resolve(&Trigger::event(1, PARTNER, OFFER, EVENT));
     let json = serde_json::to_value(&r).unwrap();
     assert_eq!(
         json,
         serde_json::json!({
             "trigger": {
+                "id": "1",
                 "partner": 7,
                 "offer": 42,
                 "what": { "type": "event", "event": 3 }
@@ -672,7 +684,7 @@ fn a_resolution_serializes_with_serde_json() {
                 {
                     "postback": 3,
                     "level": "specific",
-                    "outcome": { "outcome": "skipped", "why": { "reason": "inactive" } }
+                    "outcome": { "outcome": "skipped", "why": { "reason": "paused" } }
                 },
                 {
                     "postback": 1,
@@ -689,11 +701,11 @@ fn a_resolution_serializes_with_serde_json() {
     assert_eq!(back, r);
 
     let all = registry(Precedence::All, vec![partner_global(1).status(disabled())]);
-    let r = all.resolve(&Trigger::cpc_click(PARTNER, OFFER));
+    let r = all.resolve(&Trigger::cpc_click(1, PARTNER, OFFER));
     assert_eq!(
         serde_json::to_value(&r).unwrap(),
         serde_json::json!({
-            "trigger": { "partner": 7, "offer": 42, "what": { "type": "cpc_click" } },
+            "trigger": { "id": "1", "partner": 7, "offer": 42, "what": { "type": "cpc_click" } },
             "precedence": "all",
             "decisions": []
         })
@@ -713,7 +725,7 @@ fn a_resolution_serializes_with_serde_json() {
         serde_json::json!({ "outcome": "fires", "why": "all_match" })
     );
     assert_eq!(
-        serde_json::to_value(Trigger::conversion(PARTNER, OFFER)).unwrap()["what"],
+        serde_json::to_value(Trigger::conversion(1, PARTNER, OFFER)).unwrap()["what"],
         serde_json::json!({ "type": "conversion" })
     );
 }

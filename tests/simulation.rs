@@ -13,14 +13,15 @@ use chrono::{DateTime, TimeDelta, Utc};
 use postback::access::Actor;
 use postback::delivery::{
     Action, Attempt, DEFAULT_SCHEDULE, Delivery, DeliveryId, DisablePolicy, Failure, FailureClass,
-    GiveUpReason, Outbound, Progress, RetryPolicy, State,
+    GiveUpReason, Progress, RetryPolicy, SendContext, State,
 };
-use postback::engine::{Engine, EngineConfig, Event};
+use postback::engine::{Engine, EngineConfig, Event, Snapshot};
 use postback::model::{
-    HttpMethod, Kind, ManagerId, OfferId, PartnerId, Postback, PostbackId, Status,
+    DeliveryKey, HttpMethod, Kind, ManagerId, Method, OfferId, PartnerId, Postback, PostbackId,
+    Purpose, Status, TriggerId,
 };
 use postback::registry::{Registry, Trigger};
-use postback::template::{Macro, ValueMap};
+use postback::template::{Macro, MacroValues, ValueMap};
 
 // ---------------------------------------------------------------------------------------------
 // The harness
@@ -138,11 +139,12 @@ struct Sent {
 }
 
 impl Sent {
-    /// The `d` query parameter: the delivery id the `{delivery_id}` macro put in the URL.
+    /// The trigger id in the `d` query parameter: the delivery key the `{delivery_id}` macro
+    /// put in the URL.
     fn d_param(&self) -> u64 {
         let q = self.uri.split_once('?').unwrap().1;
         let d = q.split('&').find_map(|kv| kv.strip_prefix("d=")).unwrap();
-        d.parse().unwrap()
+        d.split('.').next().unwrap().parse().unwrap()
     }
 }
 
@@ -172,6 +174,7 @@ struct Sim {
     restore_every_step: bool,
     round_trips: usize,
     steps: usize,
+    triggers: u64,
 }
 
 impl Sim {
@@ -190,6 +193,7 @@ impl Sim {
             restore_every_step: false,
             round_trips: 0,
             steps: 0,
+            triggers: 0,
         }
     }
 
@@ -206,7 +210,8 @@ impl Sim {
     fn checkpoint(&mut self) {
         if self.restore_every_step {
             let json = serde_json::to_string(&self.engine).unwrap();
-            self.engine = serde_json::from_str(&json).unwrap();
+            let snapshot: Snapshot = serde_json::from_str(&json).unwrap();
+            self.engine = Engine::restore(self.engine.config().clone(), snapshot).unwrap();
             assert_eq!(serde_json::to_string(&self.engine).unwrap(), json);
             self.round_trips += 1;
         }
@@ -281,11 +286,20 @@ impl Sim {
         self.run_until(to);
     }
 
-    /// A conversion of [`PARTNER`] on [`OFFER`] with click id `clk-1`.
+    /// The next trigger id: 1, 2, 3, ...
+    fn next_trigger(&mut self) -> u64 {
+        self.triggers += 1;
+        self.triggers
+    }
+
+    /// A conversion of [`PARTNER`] on [`OFFER`] with click id `clk-1` and a new trigger id.
     fn convert(&mut self) -> DeliveryId {
-        let fired =
-            self.engine
-                .handle_trigger(self.now, &Trigger::conversion(PARTNER, OFFER), &values());
+        let id = self.next_trigger();
+        let fired = self.engine.handle_trigger(
+            self.now,
+            &Trigger::conversion(id, PARTNER, OFFER),
+            &values(),
+        );
         self.checkpoint();
         assert_eq!(fired.errors, []);
         assert_eq!(fired.deliveries.len(), 1);
@@ -294,9 +308,10 @@ impl Sim {
     }
 
     fn cpc_click(&mut self) -> DeliveryId {
+        let id = self.next_trigger();
         let fired = self.engine.handle_trigger(
             self.now,
-            &Trigger::cpc_click(PARTNER, CPC_OFFER),
+            &Trigger::cpc_click(id, PARTNER, CPC_OFFER),
             &values(),
         );
         self.checkpoint();
@@ -311,17 +326,26 @@ impl Sim {
         self.drain_events();
     }
 
+    fn resume(&mut self, id: PostbackId) {
+        self.engine.resume(self.now, MANAGER, id).unwrap();
+        self.checkpoint();
+        self.drain_events();
+    }
+
     fn pause(&mut self, id: PostbackId) {
-        self.engine.disable(self.now, MANAGER, id).unwrap();
+        self.engine.pause(self.now, MANAGER, id).unwrap();
         self.checkpoint();
         self.drain_events();
     }
 
     fn test_fire(&mut self, id: PostbackId) -> DeliveryId {
-        let d = self.engine.test_fire(self.now, id, &values()).unwrap();
+        let d = self
+            .engine
+            .test_fire(self.now, MANAGER, id, &values())
+            .unwrap();
         self.checkpoint();
         self.drain_events();
-        d
+        d.delivery
     }
 
     fn status(&self, id: PostbackId) -> Status {
@@ -374,14 +398,19 @@ fn no_jitter() -> EngineConfig {
     EngineConfig::default().retry(RetryPolicy::default().jitter(0, 0))
 }
 
-/// The URL the partner receives for delivery `d`.
-fn url_of(d: u64) -> String {
-    format!("https://t.example/pb?cid=clk-1&d={d}&token=s3cret")
+/// The URL the partner receives for the delivery with key `key`.
+fn url_for(key: &str) -> String {
+    format!("https://t.example/pb?cid=clk-1&d={key}&token=s3cret")
+}
+
+/// The URL the partner receives for the conversion with trigger id `n`.
+fn url_of(n: u64) -> String {
+    url_for(&format!("{n}.1.conversion.0"))
 }
 
 /// The URL as attempts record it.
-fn redacted_url_of(d: u64) -> String {
-    format!("https://t.example/pb?cid=clk-1&d={d}&token=***")
+fn redacted_url_of(n: u64) -> String {
+    format!("https://t.example/pb?cid=clk-1&d={n}.1.conversion.0&token=***")
 }
 
 /// One line per event, for exact comparisons of whole traces.
@@ -481,7 +510,8 @@ fn a_partner_answering_500_every_time_gets_exactly_25_sends_then_the_postback_is
         ])
     );
     let last = *sim.sent.last().map(|s| &s.at).unwrap();
-    let reason = "25 failed attempts of delivery 1 from the receiving server".to_owned();
+    let reason =
+        "25 failed attempts of delivery 1.1.conversion.0 from the receiving server".to_owned();
     assert_eq!(
         sim.status(PB),
         Status::Disabled {
@@ -607,7 +637,8 @@ fn local_refusals_do_not_count_so_ten_refusals_then_500s_disable_only_after_35_s
     assert_eq!(
         sim.status(PB),
         Status::Disabled {
-            reason: "25 failed attempts of delivery 1 from the receiving server".into(),
+            reason: "25 failed attempts of delivery 1.1.conversion.0 from the receiving server"
+                .into(),
             at: sim.sent[34].at
         }
     );
@@ -1063,9 +1094,9 @@ fn deliveries_held_by_an_automatic_disable_are_each_replayed_once_after_the_netw
     );
     assert_eq!(sim.engine.deliveries_of(PB).count(), 4);
     // A conversion while disabled is not sent, but held with the others: nothing else serves it.
-    let fired = sim
-        .engine
-        .handle_trigger(sim.now, &Trigger::conversion(PARTNER, OFFER), &values());
+    let fired =
+        sim.engine
+            .handle_trigger(sim.now, &Trigger::conversion(5, PARTNER, OFFER), &values());
     assert_eq!(fired.deliveries, []);
     assert_eq!(fired.held, [(PB, DeliveryId::new(5))]);
     assert_eq!(
@@ -1153,12 +1184,12 @@ fn a_paused_postback_holds_its_scheduled_deliveries_and_enabling_it_replays_them
     sim.run_until(t0() + secs(5));
     assert_eq!(sim.summary(), ["retry d1 HTTP 500"]);
     sim.pause(PB);
-    assert_eq!(sim.status(PB), Status::Inactive);
+    assert_eq!(sim.status(PB), Status::Paused);
     assert_eq!(sim.summary()[1..], ["held d1 of p1"]);
     assert_eq!(sim.engine.poll_timeout(), None);
     sim.run_until(t0() + hours(1));
     assert_eq!(sim.sent.len(), 1);
-    sim.enable(PB);
+    sim.resume(PB);
     sim.run_to_idle();
     assert_eq!(
         sim.summary()[2..],
@@ -1179,14 +1210,18 @@ fn a_test_fire_reports_the_exact_request_url_and_response_in_one_attempt() {
     sim.run_to_idle();
 
     assert_eq!(sim.sent.len(), 1);
-    assert_eq!(sim.sent[0].uri, url_of(d.get()));
     assert_eq!(sim.summary(), [format!("test fired d{d}")]);
     let Event::TestFired { record } = &sim.trace[0] else {
         panic!()
     };
     assert!(record.is_test());
-    assert_eq!(record.request().url(), url_of(d.get()));
-    assert_eq!(record.request().method(), HttpMethod::Get);
+    let key = record.key().to_string();
+    assert!(key.ends_with(".1.test.0"), "{key}");
+    assert_eq!(sim.sent[0].uri, url_for(&key));
+    let pb = sim.engine.registry().get(PB).unwrap();
+    let request = record.request(&SendContext::new(pb)).unwrap();
+    assert_eq!(request.url(), url_for(&key));
+    assert_eq!(request.method(), HttpMethod::Get);
     assert_eq!(record.attempts().len(), 1);
     let a: &Attempt = &record.attempts()[0];
     assert_eq!(
@@ -1203,7 +1238,7 @@ fn a_test_fire_reports_the_exact_request_url_and_response_in_one_attempt() {
         (
             1,
             t0(),
-            redacted_url_of(d.get()).as_str(),
+            format!("https://t.example/pb?cid=clk-1&d={key}&token=***").as_str(),
             Some(200),
             "OK: postback received",
             Duration::from_secs(2),
@@ -1336,8 +1371,11 @@ fn cpc_deliveries_are_hidden_from_reports_and_conversion_deliveries_are_not() {
             .map(|s| (s.postback, s.uri.as_str()))
             .collect::<Vec<_>>(),
         [
-            (CPC_PB, "https://t.example/cpc?cid=clk-1&d=1"),
-            (PB, "https://t.example/pb?cid=clk-1&d=2&token=s3cret"),
+            (CPC_PB, "https://t.example/cpc?cid=clk-1&d=1.2.cpc.0"),
+            (
+                PB,
+                "https://t.example/pb?cid=clk-1&d=2.1.conversion.0&token=s3cret"
+            ),
         ]
     );
 }
@@ -1436,7 +1474,7 @@ fn eventful_run(restore_every_step: bool) -> Sim {
     sim.run_until(t0() + hours(161));
     sim.pause(PB);
     sim.run_until(t0() + hours(200));
-    sim.enable(PB);
+    sim.resume(PB);
     sim.run_to_idle();
     sim
 }
@@ -1470,15 +1508,30 @@ fn assert_round_trips(d: &Delivery) -> Delivery {
 #[test]
 fn a_delivery_alone_round_trips_through_serde_json_in_every_state() {
     let policy = RetryPolicy::default().jitter(0, 0).max_attempts(3);
-    let req = Outbound::new(HttpMethod::Post, url_of(1))
-        .unwrap()
-        .header("Idempotency-Key", "1")
-        .unwrap();
-    let mut d = Delivery::new(DeliveryId::new(1), PB, req, t0(), Duration::from_secs(60))
-        .with_response_check(Some(postback::model::ResponseCheck::MustNotContain(
+    let pb = Postback::builder(PB)
+        .partner(PARTNER)
+        .offer(OFFER)
+        .method(Method::ServerToServer {
+            http: HttpMethod::Post,
+        })
+        .url(URL)
+        .response_check(postback::model::ResponseCheck::MustNotContain(
             "error".into(),
-        )))
-        .hidden_from_reports(true);
+        ))
+        .build()
+        .unwrap();
+    let ctx = SendContext::new(&pb).idempotency_header(Some("Idempotency-Key"));
+    let stored = || values().to_stored(&[]);
+    // A CPC click's delivery: hidden from reports.
+    let key = Trigger::cpc_click(1, PARTNER, OFFER).key(PB);
+    let mut d = Delivery::new(
+        DeliveryId::new(1),
+        key,
+        stored(),
+        t0(),
+        Duration::from_secs(60),
+    );
+    assert!(d.is_hidden_from_reports());
     let mut states = Vec::new();
     let mut step = |d: &mut Delivery| {
         *d = assert_round_trips(d);
@@ -1490,14 +1543,15 @@ fn a_delivery_alone_round_trips_through_serde_json_in_every_state() {
         );
     };
     step(&mut d); // scheduled, with a delay
-    assert!(matches!(d.poll(t0()), Action::Wait(at) if at == t0() + secs(60)));
-    let Action::Send(req) = d.poll(t0() + secs(60)) else {
+    assert!(matches!(d.poll(t0(), &ctx), Action::Wait(at) if at == t0() + secs(60)));
+    let Action::Send(req) = d.poll(t0() + secs(60), &ctx) else {
         panic!()
     };
     assert_eq!(
         (req.method(), req.uri().to_string()),
-        (&http::Method::POST, url_of(1))
+        (&http::Method::POST, url_for("1.1.cpc.0"))
     );
+    assert_eq!(req.headers()["Idempotency-Key"], "1.1.cpc.0");
     step(&mut d); // in flight
     let p = d
         .handle_response(
@@ -1520,7 +1574,7 @@ fn a_delivery_alone_round_trips_through_serde_json_in_every_state() {
     step(&mut d); // held
     d.release(t0() + hours(1)).unwrap();
     step(&mut d);
-    let Action::Send(_) = d.poll(t0() + hours(1)) else {
+    let Action::Send(_) = d.poll(t0() + hours(1), &ctx) else {
         panic!()
     };
     let p = d
@@ -1540,7 +1594,7 @@ fn a_delivery_alone_round_trips_through_serde_json_in_every_state() {
     ));
     step(&mut d);
     let at = d.due().unwrap();
-    let Action::Send(_) = d.poll(at) else {
+    let Action::Send(_) = d.poll(at, &ctx) else {
         panic!()
     };
     let p = d
@@ -1551,13 +1605,13 @@ fn a_delivery_alone_round_trips_through_serde_json_in_every_state() {
 
     let mut g = Delivery::new(
         DeliveryId::new(2),
-        PB,
-        Outbound::new(HttpMethod::Get, url_of(2)).unwrap(),
+        Trigger::conversion(2, PARTNER, OFFER).key(PB),
+        stored(),
         t0(),
         Duration::ZERO,
     );
     for i in 0..3 {
-        let Action::Send(_) = g.poll(t0() + hours(i)) else {
+        let Action::Send(_) = g.poll(t0() + hours(i), &ctx) else {
             panic!()
         };
         let _ = g
@@ -1579,12 +1633,11 @@ fn a_delivery_alone_round_trips_through_serde_json_in_every_state() {
     assert_round_trips(&g);
     let test = Delivery::new(
         DeliveryId::new(3),
-        PB,
-        Outbound::new(HttpMethod::Get, url_of(3)).unwrap(),
+        DeliveryKey::new(TriggerId::new("t-3").unwrap(), PB, Purpose::Test, 0),
+        stored(),
         t0(),
         Duration::ZERO,
-    )
-    .as_test();
+    );
     assert!(assert_round_trips(&test).is_test());
 
     assert_eq!(

@@ -3,32 +3,42 @@
 //!
 //! Call order (quinn-proto style):
 //!
-//! 1. [`Delivery::new`] with the expanded request, `now` and the postback's delay.
-//! 2. [`Delivery::poll`]`(now)`: [`Action::Send`] a request, [`Action::Wait`] until a time,
-//!    [`Action::AwaitResponse`], [`Action::Held`] or [`Action::Finished`].
+//! 1. [`Delivery::new`] with its key, the trigger's values, `now` and the postback's delay. A
+//!    delivery keeps the values, not an expanded URL.
+//! 2. [`Delivery::poll`]`(now, &ctx)`, with the postback as it is now ([`SendContext`]):
+//!    [`Action::Send`] a request expanded from the postback's current template,
+//!    [`Action::Unsendable`], [`Action::Wait`] until a time, [`Action::AwaitResponse`],
+//!    [`Action::Held`] or [`Action::Finished`].
 //! 3. After a `Send`, exactly one [`Delivery::handle_response`]`(now, result, &policy)` with the
-//!    response or the transport's [`Failure`]; it says what happens next ([`Progress`]).
+//!    response or the transport's [`Failure`] (after an `Unsendable`, its failure); it says what
+//!    happens next ([`Progress`]).
 //! 4. Back to 2.
 //!
 //! ```
 //! use chrono::{DateTime, Duration as Td};
-//! use postback::delivery::{Action, Delivery, DeliveryId, Outbound, Progress, RetryPolicy};
-//! use postback::model::{HttpMethod, PostbackId};
+//! use postback::delivery::{Action, Delivery, DeliveryId, Progress, RetryPolicy, SendContext};
+//! use postback::model::{Postback, PartnerId, PostbackId};
+//! use postback::registry::Trigger;
+//! use postback::template::{Macro, MacroValues, ValueMap};
 //!
+//! let pb = Postback::builder(PostbackId::new(9)).partner(PartnerId::new(7))
+//!     .url("https://t.example/pb?cid={sub1}").build()?;
+//! let key = Trigger::conversion(1001, PartnerId::new(7), 42.into()).key(pb.id());
+//! let values = ValueMap::new().with(Macro::SUB1, "1").to_stored(&[]);
 //! let policy = RetryPolicy::default().jitter(0, 0);
 //! let now = DateTime::from_timestamp(1_767_225_600, 0).unwrap();
-//! let req = Outbound::new(HttpMethod::Get, "https://t.example/pb?cid=1")?;
-//! let mut d = Delivery::new(DeliveryId::new(1), PostbackId::new(9), req, now, std::time::Duration::ZERO);
+//! let mut d = Delivery::new(DeliveryId::new(1), key, values, now, std::time::Duration::ZERO);
 //!
-//! let Action::Send(request) = d.poll(now) else { unreachable!() };
+//! let Action::Send(request) = d.poll(now, &SendContext::new(&pb)) else { unreachable!() };
 //! assert_eq!(request.uri(), "https://t.example/pb?cid=1");
 //! let response = http::Response::builder().status(503).body(Vec::new())?;
 //! let Progress::Retry { at, .. } = d.handle_response(now, Ok(response), &policy)? else { unreachable!() };
 //! assert_eq!(at, now + Td::seconds(10));
-//! assert!(matches!(d.poll(now), Action::Wait(t) if t == at));
+//! assert!(matches!(d.poll(now, &SendContext::new(&pb)), Action::Wait(t) if t == at));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod health;
 mod policy;
 
 use std::fmt;
@@ -37,18 +47,21 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{HttpMethod, PostbackId, ResponseCheck};
-use crate::template::{redact_url, redact_url_with};
+use crate::model::{
+    DeliveryKey, HttpMethod, Method, Postback, PostbackId, Purpose, ResponseCheck, TriggerKind,
+};
+use crate::template::{ExpandError, StoredValues, WithDeliveryId, redact_url, redact_url_with};
 
+pub use health::Health;
 pub(crate) use policy::add;
 pub use policy::{Classifier, DEFAULT_SCHEDULE, DisablePolicy, OnFailure, RetryPolicy};
 
 /// How much of a response body an attempt record keeps.
 pub const BODY_PREFIX: usize = 4096;
 
-/// The stable id of one delivery: the same on every attempt, so the receiver can drop
-/// duplicates caused by late responses. Sent as `{delivery_id}` and, optionally, as an
-/// `Idempotency-Key` header.
+/// The handle of one delivery in the place that keeps it (the engine, a store's row id): what
+/// [`Engine::handle_response`](crate::engine::Engine::handle_response) takes back. Receivers never
+/// see it; they see the [`DeliveryKey`], which is the same in every process.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct DeliveryId(u64);
@@ -93,6 +106,9 @@ pub enum Failure {
     Forbidden(String),
     /// Our own error (client misconfigured, request could not be built). Never counted.
     Local(String),
+    /// No result came back: the sender stopped (a crash, a restart) or the request outlived its
+    /// lease. Never counted; the delivery is due again at once.
+    Interrupted,
 }
 
 impl Failure {
@@ -105,12 +121,14 @@ impl Failure {
             Failure::Tls(_) => FailureClass::Tls,
             Failure::Forbidden(_) => FailureClass::Forbidden,
             Failure::Local(_) => FailureClass::Local,
+            Failure::Interrupted => FailureClass::Interrupted,
         }
     }
 
     fn detail(&self) -> &str {
         match self {
             Failure::Timeout => "timed out",
+            Failure::Interrupted => "no result came back (sender stopped or lease ran out)",
             Failure::Connect(s)
             | Failure::Dns(s)
             | Failure::Tls(s)
@@ -149,12 +167,17 @@ pub enum FailureClass {
     Forbidden,
     /// Our own error. Never counted.
     Local,
+    /// No result came back (our sender stopped). Never counted.
+    Interrupted,
 }
 
 impl FailureClass {
     /// Whether it was caused by the receiving side and so counts toward the limits.
     pub const fn counts(&self) -> bool {
-        !matches!(self, FailureClass::Forbidden | FailureClass::Local)
+        !matches!(
+            self,
+            FailureClass::Forbidden | FailureClass::Local | FailureClass::Interrupted
+        )
     }
 }
 
@@ -169,6 +192,7 @@ impl fmt::Display for FailureClass {
             FailureClass::BodyCheck => f.write_str("response body check failed"),
             FailureClass::Forbidden => f.write_str("refused by network policy"),
             FailureClass::Local => f.write_str("local error"),
+            FailureClass::Interrupted => f.write_str("interrupted"),
         }
     }
 }
@@ -181,7 +205,7 @@ pub struct Attempt {
     pub number: u32,
     /// When it was sent.
     pub at: DateTime<Utc>,
-    /// The URL sent, with secret-looking parameters redacted.
+    /// The URL that actually went out (the request's URI), with secrets redacted.
     pub url: String,
     /// The response status, if a response came.
     pub status: Option<u16>,
@@ -196,8 +220,8 @@ pub struct Attempt {
     pub counted: bool,
 }
 
-/// The request a delivery sends, kept as plain data so that a delivery serializes. Checked when
-/// made and again when deserialized, so building its `http::Request` cannot fail.
+/// One request of a delivery as plain data, checked when made (and when deserialized), so
+/// building its `http::Request` cannot fail. [`Delivery::request`] makes it anew for every send.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "OutboundData")]
 pub struct Outbound {
@@ -240,6 +264,50 @@ impl fmt::Debug for Outbound {
                 &self.headers.iter().map(|(k, _)| k).collect::<Vec<_>>(),
             )
             .finish()
+    }
+}
+
+/// Why a delivery's request could not be made from the postback and the delivery's values.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RenderError {
+    /// A value did not fit its macro.
+    #[error(transparent)]
+    Expand(#[from] ExpandError),
+    /// The expanded request is not sendable.
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    /// The postback is a pixel or HTML code: the page renders it, no server sends it.
+    #[error(
+        "postback {0} is a pixel or HTML code: render it in the page; only server-to-server postbacks are sent"
+    )]
+    NotServerToServer(PostbackId),
+}
+
+/// What a send needs besides the delivery: the postback as it is now, and the network's settings.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct SendContext<'a> {
+    /// The postback, as it is at the moment of sending.
+    pub postback: &'a Postback,
+    /// Send the delivery key in this header too (e.g. `Idempotency-Key`).
+    pub idempotency_header: Option<&'a str>,
+}
+
+impl<'a> SendContext<'a> {
+    /// Send for `postback`, no idempotency header.
+    pub fn new(postback: &'a Postback) -> Self {
+        SendContext {
+            postback,
+            idempotency_header: None,
+        }
+    }
+
+    /// Send the key in header `name` as well.
+    #[must_use]
+    pub fn idempotency_header(mut self, name: Option<&'a str>) -> Self {
+        self.idempotency_header = name;
+        self
     }
 }
 
@@ -318,15 +386,6 @@ impl Outbound {
         b.body(Vec::new())
             .map_err(|e| RequestError::InvalidUrl(e.to_string()))
     }
-
-    fn heap_bytes(&self) -> usize {
-        self.url.capacity()
-            + self
-                .headers
-                .iter()
-                .map(|(k, v)| k.capacity() + v.capacity() + 48)
-                .sum::<usize>()
-    }
 }
 
 /// Where a delivery stands.
@@ -343,6 +402,9 @@ pub enum State {
     InFlight {
         /// When it was handed to the transport.
         since: DateTime<Utc>,
+        /// The URL that went out, secrets redacted: what the attempt records.
+        #[serde(default)]
+        url: String,
     },
     /// Its postback is disabled or paused: kept, not sent, until released.
     Held,
@@ -396,6 +458,10 @@ pub enum GiveUpReason {
 pub enum Action {
     /// Send this request through the transport, then call [`Delivery::handle_response`].
     Send(http::Request<Vec<u8>>),
+    /// The request could not be made (the postback's current template does not expand with
+    /// this delivery's values, or the postback is no longer server-to-server): pass this
+    /// failure to [`Delivery::handle_response`] now. It never counts toward disabling.
+    Unsendable(Failure),
     /// Nothing is due before this time.
     Wait(DateTime<Utc>),
     /// A request is out; waiting for its result.
@@ -418,6 +484,7 @@ impl fmt::Debug for Action {
                     redact_url(&r.uri().to_string())
                 )
             }
+            Action::Unsendable(e) => write!(f, "Unsendable({e})"),
             Action::Wait(t) => write!(f, "Wait({t})"),
             Action::AwaitResponse => f.write_str("AwaitResponse"),
             Action::Held => f.write_str("Held"),
@@ -471,11 +538,15 @@ pub enum DeliveryError {
 }
 
 /// One firing of one postback. See the [module docs](self) for the call order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// It keeps the values it was made from ([`StoredValues`]) and its [`DeliveryKey`]; every send
+/// expands the postback's template as it is then, so a retry or a replay after the partner fixed
+/// its URL goes to the new one. `Debug` shows which macros it holds, never their values.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Delivery {
     id: DeliveryId,
-    postback: PostbackId,
-    request: Outbound,
+    key: DeliveryKey,
+    values: StoredValues,
     created: DateTime<Utc>,
     state: State,
     /// Counted failures since creation or the last release.
@@ -486,27 +557,41 @@ pub struct Delivery {
     #[serde(default, skip_serializing_if = "is_zero")]
     released_after: u32,
     attempts: Vec<Attempt>,
+    /// The response check of the postback when the request in flight was made.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     check: Option<ResponseCheck>,
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    test: bool,
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    hidden_from_reports: bool,
+}
+
+impl fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Delivery")
+            .field("id", &self.id)
+            .field("key", &self.key)
+            .field("values", &self.values)
+            .field("created", &self.created)
+            .field("state", &self.state)
+            .field("failures", &self.failures)
+            .field("refusals", &self.refusals)
+            .field("attempts", &self.attempts)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Delivery {
-    /// A delivery whose first attempt is due at `now + delay`.
+    /// A delivery whose first attempt is due at `now + delay`. Its postback is
+    /// [`key.postback()`](DeliveryKey::postback); a test fire is a key of purpose
+    /// [`Purpose::Test`].
     pub fn new(
         id: DeliveryId,
-        postback: PostbackId,
-        request: Outbound,
+        key: DeliveryKey,
+        values: StoredValues,
         now: DateTime<Utc>,
         delay: Duration,
     ) -> Delivery {
         Delivery {
             id,
-            postback,
-            request,
+            key,
+            values,
             created: now,
             state: State::Scheduled {
                 at: add(now, delay),
@@ -516,43 +601,24 @@ impl Delivery {
             released_after: 0,
             attempts: Vec::new(),
             check: None,
-            test: false,
-            hidden_from_reports: false,
         }
     }
 
-    /// Check 2xx bodies with `check` (a preset's, for receivers that answer 200 on rejection).
-    #[must_use]
-    pub fn with_response_check(mut self, check: Option<ResponseCheck>) -> Delivery {
-        self.check = check;
-        self
-    }
-
-    /// A test fire: attempted once, never retried, never counted toward disabling.
-    #[must_use]
-    pub fn as_test(mut self) -> Delivery {
-        self.test = true;
-        self
-    }
-
-    /// Mark as not shown in reporting (CPC postbacks).
-    #[must_use]
-    pub fn hidden_from_reports(mut self, hidden: bool) -> Delivery {
-        self.hidden_from_reports = hidden;
-        self
-    }
-
-    /// Its id.
+    /// Its handle.
     pub fn id(&self) -> DeliveryId {
         self.id
     }
+    /// Its stable key: `{delivery_id}`, and the idempotency header.
+    pub fn key(&self) -> &DeliveryKey {
+        &self.key
+    }
     /// The postback it fires.
     pub fn postback(&self) -> PostbackId {
-        self.postback
+        self.key.postback()
     }
-    /// The request it sends.
-    pub fn request(&self) -> &Outbound {
-        &self.request
+    /// The values it was made from.
+    pub fn values(&self) -> &StoredValues {
+        &self.values
     }
     /// When it was created.
     pub fn created(&self) -> DateTime<Utc> {
@@ -570,13 +636,13 @@ impl Delivery {
     pub fn failures(&self) -> u32 {
         self.failures
     }
-    /// Whether it is a test fire.
+    /// Whether it is a test fire: attempted once, never retried, never counted.
     pub fn is_test(&self) -> bool {
-        self.test
+        self.key.purpose() == Purpose::Test
     }
-    /// Whether it is hidden from reporting (CPC).
+    /// Whether it is hidden from reporting (CPC clicks).
     pub fn is_hidden_from_reports(&self) -> bool {
-        self.hidden_from_reports
+        self.key.purpose() == Purpose::Trigger(TriggerKind::CpcClick)
     }
     /// Whether it has finished (delivered or gave up).
     pub fn is_finished(&self) -> bool {
@@ -590,26 +656,53 @@ impl Delivery {
         }
     }
 
-    /// What to do at `now`. A returned [`Action::Send`] moves the delivery in flight.
-    pub fn poll(&mut self, now: DateTime<Utc>) -> Action {
+    /// The request a send makes now: the postback's current template expanded with this
+    /// delivery's values and key, without the `#fragment` (never sent), plus the idempotency
+    /// header. Pure: previews and stores call it too.
+    pub fn request(&self, ctx: &SendContext<'_>) -> Result<Outbound, RenderError> {
+        let pb = ctx.postback;
+        let Method::ServerToServer { http } = pb.method() else {
+            return Err(RenderError::NotServerToServer(pb.id()));
+        };
+        let key = self.key.to_string();
+        let mut url = pb
+            .template()
+            .expand(&WithDeliveryId::new(&self.values, &key))?;
+        // Values never hold a raw `#`, so the first one starts the fragment.
+        if let Some(i) = url.find('#') {
+            url.truncate(i);
+        }
+        let mut out = Outbound::new(http, url)?.with_secrets(pb.secrets().to_vec());
+        if let Some(h) = ctx.idempotency_header {
+            out = out.header(h, &key)?;
+        }
+        Ok(out)
+    }
+
+    /// What to do at `now`, with the postback as it is now. A returned [`Action::Send`] or
+    /// [`Action::Unsendable`] moves the delivery in flight.
+    pub fn poll(&mut self, now: DateTime<Utc>, ctx: &SendContext<'_>) -> Action {
         match self.state {
-            State::Scheduled { at } if at <= now => match self.request.to_request() {
-                Ok(req) => {
-                    self.state = State::InFlight { since: now };
-                    Action::Send(req)
+            State::Scheduled { at } if at <= now => {
+                let made = self
+                    .request(ctx)
+                    .and_then(|out| Ok((out.to_request()?, out.redacted_url())));
+                self.check = ctx.postback.response_check().cloned();
+                match made {
+                    Ok((req, url)) => {
+                        self.state = State::InFlight { since: now, url };
+                        Action::Send(req)
+                    }
+                    Err(e) => {
+                        let url = redact_url_with(
+                            ctx.postback.template().as_str(),
+                            ctx.postback.secrets(),
+                        );
+                        self.state = State::InFlight { since: now, url };
+                        Action::Unsendable(Failure::Local(e.to_string()))
+                    }
                 }
-                Err(e) => {
-                    // Unreachable: the request was checked when made or deserialized. Should it
-                    // happen, record our own error rather than panic or lose the delivery.
-                    self.state = State::InFlight { since: now };
-                    let _ = self.handle_failure(
-                        now,
-                        Failure::Local(e.to_string()),
-                        &RetryPolicy::default(),
-                    );
-                    self.poll(now)
-                }
-            },
+            }
             State::Scheduled { at } => Action::Wait(at),
             State::InFlight { .. } => Action::AwaitResponse,
             State::Held => Action::Held,
@@ -672,16 +765,16 @@ impl Delivery {
         retry_after: Option<DateTime<Utc>>,
         policy: &RetryPolicy,
     ) -> Progress {
-        let since = match self.state {
-            State::InFlight { since } => since,
-            _ => now,
+        let (since, url) = match &mut self.state {
+            State::InFlight { since, url } => (*since, std::mem::take(url)),
+            _ => (now, String::new()),
         };
         let counted = failure.is_some_and(|f| f.counts());
-        let number = self.attempts.len() as u32 + 1;
+        let number = (self.attempts.len() as u32).saturating_add(1);
         self.attempts.push(Attempt {
             number,
             at: since,
-            url: self.request.redacted_url(),
+            url,
             status,
             body,
             duration: (now - since).to_std().unwrap_or_default(),
@@ -696,11 +789,11 @@ impl Delivery {
             this.state = State::GaveUp { at: now, reason };
             Progress::GaveUp { reason, failure }
         };
-        if self.test {
+        if self.is_test() {
             return give_up(self, GiveUpReason::TestFire);
         }
         if counted {
-            self.failures += 1;
+            self.failures = self.failures.saturating_add(1);
             if policy.classifier.on(&failure) == OnFailure::GiveUp {
                 return give_up(self, GiveUpReason::Terminal { failure });
             }
@@ -713,7 +806,7 @@ impl Delivery {
                 );
             }
         } else {
-            self.refusals += 1;
+            self.refusals = self.refusals.saturating_add(1);
             if self.refusals >= policy.max_local_refusals {
                 return give_up(
                     self,
@@ -728,7 +821,12 @@ impl Delivery {
         // `released_after` counts attempts before the last release, so this is 1 right after one
         // (saturating: a hand-edited state must not underflow).
         let step = number.saturating_sub(self.released_after);
-        let at = policy.next_attempt_at(now, step, self.id, retry_after);
+        // An interrupted request is sent again at once: nothing was wrong with it or the partner.
+        let at = if failure == FailureClass::Interrupted {
+            now
+        } else {
+            policy.next_attempt_at(now, step, self.id, retry_after)
+        };
         self.state = State::Scheduled { at };
         Progress::Retry {
             at,
@@ -764,20 +862,19 @@ impl Delivery {
         self.state = State::Scheduled { at: now };
         self.failures = 0;
         self.refusals = 0;
-        self.released_after = self.attempts.len() as u32;
+        self.released_after = u32::try_from(self.attempts.len()).unwrap_or(u32::MAX);
         Ok(())
     }
 
-    /// After a restart: a request that was in flight when the state was saved got no answer
-    /// this process will see, so it is due again at the time it was sent. The receiver drops the
-    /// duplicate by its delivery id. Returns whether anything changed.
-    pub fn interrupted(&mut self) -> bool {
+    /// The request in flight will get no answer this process sees (a restart, a lost lease):
+    /// recorded as an [`Interrupted`](FailureClass::Interrupted) attempt, which never counts, and
+    /// due again at `now`. The receiver drops the duplicate by the key. A delivery interrupted
+    /// `max_local_refusals` times gives up, so a request that crashes its sender ends. `None`
+    /// when it was not in flight.
+    pub fn interrupted(&mut self, now: DateTime<Utc>, policy: &RetryPolicy) -> Option<Progress> {
         match self.state {
-            State::InFlight { since } => {
-                self.state = State::Scheduled { at: since };
-                true
-            }
-            _ => false,
+            State::InFlight { .. } => Some(self.handle_failure(now, Failure::Interrupted, policy)),
+            _ => None,
         }
     }
 
@@ -793,7 +890,7 @@ impl Delivery {
 
     /// Bytes held on the heap (capacity planning).
     pub fn heap_bytes(&self) -> usize {
-        self.request.heap_bytes()
+        self.values.heap_bytes()
             + self.attempts.capacity() * std::mem::size_of::<Attempt>()
             + self
                 .attempts
@@ -842,37 +939,87 @@ mod tests {
             .unwrap())
     }
 
-    fn delivery() -> Delivery {
-        let req =
-            Outbound::new(HttpMethod::Get, "https://t.example/pb?cid=1&token=s3cret").unwrap();
-        Delivery::new(
-            DeliveryId::new(1),
+    fn postback(url: &str) -> Postback {
+        Postback::builder(PostbackId::new(2))
+            .partner(crate::model::PartnerId::new(7))
+            .url(url)
+            .build()
+            .unwrap()
+    }
+
+    fn key() -> DeliveryKey {
+        DeliveryKey::new(
+            crate::model::TriggerId::from(1001),
             PostbackId::new(2),
-            req,
-            t(0),
-            Duration::ZERO,
+            TriggerKind::Conversion,
+            0,
         )
+    }
+
+    fn values() -> StoredValues {
+        use crate::template::{Macro, MacroValues, ValueMap};
+        ValueMap::new().with(Macro::SUB1, "1").to_stored(&[])
+    }
+
+    fn pb() -> Postback {
+        postback("https://t.example/pb?cid={sub1}&token=s3cret")
+    }
+
+    fn delivery() -> Delivery {
+        Delivery::new(DeliveryId::new(1), key(), values(), t(0), Duration::ZERO)
     }
 
     #[test]
     fn a_delay_postpones_the_first_attempt() {
-        let req = Outbound::new(HttpMethod::Get, "https://t.example/").unwrap();
+        let pb = pb();
+        let ctx = SendContext::new(&pb);
         let mut d = Delivery::new(
             DeliveryId::new(1),
-            PostbackId::new(2),
-            req,
+            key(),
+            values(),
             t(0),
             Duration::from_secs(60),
         );
-        assert!(matches!(d.poll(t(59)), Action::Wait(at) if at == t(60)));
-        assert!(matches!(d.poll(t(60)), Action::Send(_)));
+        assert!(matches!(d.poll(t(59), &ctx), Action::Wait(at) if at == t(60)));
+        assert!(matches!(d.poll(t(60), &ctx), Action::Send(_)));
+    }
+
+    #[test]
+    fn the_fragment_is_never_sent_and_the_attempt_records_the_uri_that_was() {
+        let pb = postback("https://t.example/pb?cid={sub1}&d={delivery_id}#frag-{sub1}");
+        let mut d = delivery();
+        let Action::Send(req) = d.poll(t(0), &SendContext::new(&pb)) else {
+            panic!("not sent")
+        };
+        assert_eq!(
+            req.uri().to_string(),
+            "https://t.example/pb?cid=1&d=1001.2.conversion.0"
+        );
+        let _ = d.handle_response(t(1), resp(200), &RetryPolicy::default());
+        assert_eq!(d.attempts()[0].url, req.uri().to_string());
+    }
+
+    #[test]
+    fn an_interrupted_request_is_due_again_at_once_and_never_counts() {
+        let pb = pb();
+        let p = RetryPolicy::default();
+        let mut d = delivery();
+        let _ = d.poll(t(0), &SendContext::new(&pb));
+        let progress = d.interrupted(t(5), &p).unwrap();
+        assert!(matches!(
+            progress,
+            Progress::Retry { at, counted: false, failure: FailureClass::Interrupted, .. } if at == t(5)
+        ));
+        assert_eq!(d.failures(), 0);
+        assert_eq!(d.interrupted(t(6), &p), None);
     }
 
     #[test]
     fn a_response_twice_is_refused() {
         let p = RetryPolicy::default();
+        let pb = pb();
         let mut d = delivery();
-        let _ = d.poll(t(0));
+        let _ = d.poll(t(0), &SendContext::new(&pb));
         assert_eq!(
             d.handle_response(t(1), resp(200), &p),
             Ok(Progress::Delivered { attempts: 1 })
@@ -886,8 +1033,9 @@ mod tests {
     #[test]
     fn attempts_record_redacted_url_status_body_and_duration() {
         let p = RetryPolicy::default();
+        let pb = pb();
         let mut d = delivery();
-        let _ = d.poll(t(0));
+        let _ = d.poll(t(0), &SendContext::new(&pb));
         let _ = d.handle_response(t(3), resp(500), &p).unwrap();
         let a = &d.attempts()[0];
         assert_eq!(a.url, "https://t.example/pb?cid=1&token=***");

@@ -151,6 +151,16 @@ impl Macro {
         self.0
     }
 
+    /// The macro with this raw id (stored values read back; ids are not checked here).
+    pub(crate) const fn from_id(id: u16) -> Macro {
+        Macro(id)
+    }
+
+    /// Every built-in macro.
+    pub fn builtins() -> impl Iterator<Item = Macro> {
+        BUILTINS.iter().map(|(_, m)| *m)
+    }
+
     /// Whether this is one of the crate's built-in macros.
     pub const fn is_builtin(self) -> bool {
         self.0 < FIRST_CUSTOM

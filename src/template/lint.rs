@@ -143,6 +143,12 @@ pub(crate) fn duplicate_params(params: &[Vec<Piece<'_>>], lints: &mut Vec<Lint>)
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SampleValues;
 
+/// The conversion id of [`SampleValues`], also the trigger id of previews.
+pub const SAMPLE_CONVERSION_ID: &str = "c0ffee00-1234-4abc-9def-0123456789ab";
+
+/// `{delivery_id}` in [`SampleValues`]: the delivery key of postback 1 for the sample conversion.
+pub const SAMPLE_DELIVERY_ID: &str = "c0ffee00-1234-4abc-9def-0123456789ab.1.conversion.0";
+
 impl MacroValues for SampleValues {
     fn value(&self, m: Macro) -> Option<Value<'_>> {
         const SUBS: [&str; 10] = [
@@ -167,7 +173,7 @@ impl MacroValues for SampleValues {
             Macro::AFFILIATE_ID => Value::Int(1024),
             Macro::OFFER_ID => Value::Int(42),
             Macro::SOURCE_ID => Value::Text("src-7"),
-            Macro::CONVERSION_ID => Value::Text("c0ffee00-1234-4abc-9def-0123456789ab"),
+            Macro::CONVERSION_ID => Value::Text(SAMPLE_CONVERSION_ID),
             Macro::EVENT_ID => Value::Int(3),
             Macro::EVENT_NAME => Value::Text("purchase"),
             Macro::ORDER_ID => Value::Text("ORD-100234"),
@@ -179,7 +185,9 @@ impl MacroValues for SampleValues {
             Macro::COUNTRY => Value::Text("US"),
             Macro::DEVICE_TYPE => Value::Text("mobile"),
             Macro::SESSION_IP => Value::Text("203.0.113.7"),
-            Macro::DELIVERY_ID => Value::Text("d-00000000000000000001"),
+            // The key of postback 1 for the sample conversion, as a send writes it
+            // (`Postback::preview` writes the postback's own id).
+            Macro::DELIVERY_ID => Value::Text(SAMPLE_DELIVERY_ID),
             m => {
                 let n = m.id();
                 match n {

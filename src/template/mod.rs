@@ -31,10 +31,15 @@ use serde::{Deserialize, Serialize};
 
 pub use catalog::{Catalog, CatalogError, Macro};
 pub(crate) use encode::COMPONENT as COMPONENT_SET;
-pub use lint::{Lint, SampleValues, redact_url, redact_url_with};
+pub use lint::{
+    Lint, SAMPLE_CONVERSION_ID, SAMPLE_DELIVERY_ID, SampleValues, redact_url, redact_url_with,
+};
 pub use money::{Amount, AmountError, Currency, CurrencyError};
 pub use syntax::{Dialect, UnknownDialect};
-pub use values::{Encoded, MacroValues, NotEncoded, OwnedValue, UnknownName, Value, ValueMap};
+pub use values::{
+    Encoded, MacroValues, NotEncoded, OwnedValue, StoredValues, UnknownName, Value, ValueMap,
+    WithDeliveryId,
+};
 
 use encode::Position;
 use syntax::Token;
@@ -295,6 +300,8 @@ const CLICK_ID: u8 = 2;
 const CURRENCY: u8 = 4;
 /// The macro is an amount of money: only plain decimals.
 const MONEY: u8 = 8;
+/// The macro stands in the `#fragment`, which a browser keeps and a server never receives.
+const FRAGMENT: u8 = 16;
 
 /// Which HTML element a pixel postback is rendered as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -556,6 +563,11 @@ impl Template {
         &self.lints
     }
 
+    /// The catalogue's own (non-built-in) macros this template uses.
+    pub fn custom_macros(&self) -> impl Iterator<Item = Macro> + '_ {
+        self.custom.iter().map(|(_, m)| *m)
+    }
+
     /// The macros used, in expansion order (repeats included).
     pub fn macros(&self) -> impl Iterator<Item = Macro> + '_ {
         self.segs.iter().map(|s| s.mac)
@@ -563,8 +575,19 @@ impl Template {
 
     /// Whether any macro of the template carries a click id (per the catalogue it was parsed
     /// with).
+    /// A click id in the `#fragment` does not count: the fragment is never sent.
     pub fn has_click_id(&self) -> bool {
-        self.segs.iter().any(|s| s.flags & CLICK_ID != 0)
+        self.segs
+            .iter()
+            .any(|s| s.flags & (CLICK_ID | FRAGMENT) == CLICK_ID)
+    }
+
+    /// A click-id macro that stands in the `#fragment`, if any.
+    pub fn click_id_in_fragment(&self) -> Option<Macro> {
+        self.segs
+            .iter()
+            .find(|s| s.flags & (CLICK_ID | FRAGMENT) == CLICK_ID | FRAGMENT)
+            .map(|s| s.mac)
     }
 
     /// The scheme is plain `http`.
@@ -624,7 +647,7 @@ impl Template {
             if refuse_empty && !filled {
                 return Err(ExpandError::Missing(self.macro_name(seg.mac)));
             }
-            click_id_filled |= filled & (seg.flags & CLICK_ID != 0);
+            click_id_filled |= filled & (seg.flags & (CLICK_ID | FRAGMENT) == CLICK_ID);
         }
         out.push_str(&self.text()[start..]);
         if !click_id_filled && self.options.require_click_id && self.has_click_id() {
@@ -1027,7 +1050,11 @@ fn compile_url(
     }
     if let Some(f) = &fragment {
         b.lits.push('#');
+        let first = b.segs.len();
         b.pieces(f);
+        for seg in &mut b.segs[first..] {
+            seg.flags |= FRAGMENT;
+        }
     }
     Ok((b.lits, b.segs))
 }

@@ -72,6 +72,14 @@ impl<'a> From<Encoded<'a>> for Value<'a> {
 pub trait MacroValues {
     /// The value of `m`, if there is one.
     fn value(&self, m: Macro) -> Option<Value<'_>>;
+
+    /// Copy every value this trigger has (each built-in macro, and `extra` for a catalogue's
+    /// own macros) into the compact form a delivery keeps, so that a later send can expand the
+    /// postback's template as it is then. `{delivery_id}` is never kept: it derives from the
+    /// delivery's key.
+    fn to_stored(&self, extra: &[Macro]) -> StoredValues {
+        StoredValues::capture(self, Macro::builtins().chain(extra.iter().copied()))
+    }
 }
 
 impl<T: MacroValues + ?Sized> MacroValues for &T {
@@ -299,6 +307,252 @@ impl MacroValues for ValueMap {
         });
         v.map(OwnedValue::as_value)
     }
+
+    fn to_stored(&self, _extra: &[Macro]) -> StoredValues {
+        // Every value of the map, custom macros included, without probing the catalogue.
+        StoredValues::from_pairs(
+            self.values
+                .iter()
+                .filter(|(m, _)| **m != Macro::DELIVERY_ID)
+                .map(|(m, v)| (*m, v.as_value())),
+        )
+    }
+}
+
+/// Values of a trigger plus a delivery's id (its key as text) for `{delivery_id}`.
+#[derive(Debug, Clone, Copy)]
+pub struct WithDeliveryId<'a, V: ?Sized> {
+    inner: &'a V,
+    id: &'a str,
+}
+
+impl<'a, V: ?Sized> WithDeliveryId<'a, V> {
+    /// `inner`'s values, with `{delivery_id}` as `id`.
+    pub fn new(inner: &'a V, id: &'a str) -> Self {
+        WithDeliveryId { inner, id }
+    }
+}
+
+impl<V: MacroValues + ?Sized> MacroValues for WithDeliveryId<'_, V> {
+    fn value(&self, m: Macro) -> Option<Value<'_>> {
+        if m == Macro::DELIVERY_ID {
+            Some(Value::Text(self.id))
+        } else {
+            self.inner.value(m)
+        }
+    }
+}
+
+/// The values a delivery keeps: every value of its trigger, so that each send, retry and replay
+/// expands the postback's template as it is at that moment (a partner who fixes a broken URL gets
+/// the held conversions at the new one).
+///
+/// Compact and immutable: one text buffer and one slot per macro, sorted by macro. Serializes
+/// like [`ValueMap`]. `Debug` shows which macros it holds, never their values, since a value may
+/// land in a secret parameter.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct StoredValues {
+    text: Box<str>,
+    slots: Box<[(Macro, Slot)]>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    Text { start: u32, end: u32 },
+    Encoded { start: u32, end: u32 },
+    Int(i64),
+    Amount(Amount),
+    Currency(Currency),
+    Time(DateTime<Utc>),
+}
+
+impl StoredValues {
+    /// The values `values` has for `macros`.
+    pub fn capture<V: MacroValues + ?Sized>(
+        values: &V,
+        macros: impl IntoIterator<Item = Macro>,
+    ) -> StoredValues {
+        StoredValues::from_pairs(
+            macros
+                .into_iter()
+                .filter(|m| *m != Macro::DELIVERY_ID)
+                .filter_map(|m| values.value(m).map(|v| (m, v))),
+        )
+    }
+
+    fn from_pairs<'v>(pairs: impl Iterator<Item = (Macro, Value<'v>)>) -> StoredValues {
+        // Sorted first, so equal values make equal bytes whatever order they came in; a repeated
+        // macro keeps its first value, as a map keeps one.
+        let mut pairs: Vec<(Macro, Value<'v>)> = pairs.collect();
+        pairs.sort_by_key(|(m, _)| *m);
+        pairs.dedup_by_key(|(m, _)| *m);
+        let mut text = String::with_capacity(
+            pairs
+                .iter()
+                .map(|(_, v)| match v {
+                    Value::Text(s) => s.len(),
+                    Value::Encoded(e) => e.as_str().len(),
+                    _ => 0,
+                })
+                .sum(),
+        );
+        let mut slots: Vec<(Macro, Slot)> = Vec::with_capacity(pairs.len());
+        for (m, v) in pairs {
+            let mut span = |s: &str| {
+                let start = text.len() as u32;
+                text.push_str(s);
+                (start, text.len() as u32)
+            };
+            let slot = match v {
+                Value::Text(s) => {
+                    let (start, end) = span(s);
+                    Slot::Text { start, end }
+                }
+                Value::Encoded(e) => {
+                    let (start, end) = span(e.as_str());
+                    Slot::Encoded { start, end }
+                }
+                Value::Int(n) => Slot::Int(n),
+                Value::Amount(a) => Slot::Amount(a),
+                Value::Currency(c) => Slot::Currency(c),
+                Value::Time(t) => Slot::Time(t),
+            };
+            slots.push((m, slot));
+        }
+        StoredValues {
+            text: text.into_boxed_str(),
+            slots: slots.into_boxed_slice(),
+        }
+    }
+
+    /// How many values.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// The macros that have a value, in id order.
+    pub fn macros(&self) -> impl Iterator<Item = Macro> + '_ {
+        self.slots.iter().map(|(m, _)| *m)
+    }
+
+    /// Bytes held on the heap (capacity planning).
+    pub fn heap_bytes(&self) -> usize {
+        self.text.len() + std::mem::size_of_val(&*self.slots)
+    }
+
+    fn get(&self, m: Macro) -> Option<Value<'_>> {
+        let i = self.slots.binary_search_by_key(&m, |(k, _)| *k).ok()?;
+        let text = |start: u32, end: u32| self.text.get(start as usize..end as usize);
+        Some(match self.slots[i].1 {
+            Slot::Text { start, end } => Value::Text(text(start, end)?),
+            // Checked when captured (an `Encoded`) or deserialized.
+            Slot::Encoded { start, end } => Value::Encoded(Encoded(text(start, end)?)),
+            Slot::Int(n) => Value::Int(n),
+            Slot::Amount(a) => Value::Amount(a),
+            Slot::Currency(c) => Value::Currency(c),
+            Slot::Time(t) => Value::Time(t),
+        })
+    }
+}
+
+impl MacroValues for StoredValues {
+    fn value(&self, m: Macro) -> Option<Value<'_>> {
+        self.get(m).or_else(|| match m {
+            Macro::PAYOUT_AMOUNT => self.get(Macro::PAYOUT),
+            _ => None,
+        })
+    }
+
+    fn to_stored(&self, _extra: &[Macro]) -> StoredValues {
+        self.clone()
+    }
+}
+
+impl fmt::Debug for StoredValues {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoredValues")
+            .field(
+                "macros",
+                &self.slots.iter().map(|(m, _)| m).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// A borrowed [`OwnedValue`], serialized the same way.
+#[derive(Serialize)]
+#[serde(tag = "type", content = "value", rename_all = "snake_case")]
+enum ValueRef<'a> {
+    Text(&'a str),
+    Encoded(&'a str),
+    Int(i64),
+    Amount(Amount),
+    Currency(Currency),
+    Time(DateTime<Utc>),
+}
+
+impl Serialize for StoredValues {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.slots.len()))?;
+        for (m, _) in self.slots.iter() {
+            let v = match self.get(*m) {
+                Some(Value::Text(t)) => ValueRef::Text(t),
+                Some(Value::Encoded(e)) => ValueRef::Encoded(e.as_str()),
+                Some(Value::Int(n)) => ValueRef::Int(n),
+                Some(Value::Amount(a)) => ValueRef::Amount(a),
+                Some(Value::Currency(c)) => ValueRef::Currency(c),
+                Some(Value::Time(t)) => ValueRef::Time(t),
+                None => continue,
+            };
+            map.serialize_entry(m, &v)?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for StoredValues {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // `OwnedValue` checks encoded text on the way in.
+        let map = std::collections::BTreeMap::<MacroKey, OwnedValue>::deserialize(d)?;
+        Ok(StoredValues::from_pairs(
+            map.iter().map(|(m, v)| (m.0, v.as_value())),
+        ))
+    }
+}
+
+/// A macro id as a map key: a number, or a number in a string (JSON object keys, also when
+/// buffered inside a tagged enum such as an event).
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct MacroKey(Macro);
+
+impl<'de> Deserialize<'de> for MacroKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = MacroKey;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a macro id")
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<MacroKey, E> {
+                u16::try_from(n)
+                    .map(|n| MacroKey(Macro::from_id(n)))
+                    .map_err(|_| E::custom(format!("macro id {n} is out of range")))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<MacroKey, E> {
+                let n: u64 = s
+                    .parse()
+                    .map_err(|_| E::custom(format!("`{s}` is not a macro id")))?;
+                self.visit_u64(n)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[cfg(test)]
@@ -327,6 +581,27 @@ mod tests {
             Some(Value::Amount(Amount::new(150, 2)))
         );
         assert_eq!(m.value(Macro::SUB2), None);
+    }
+
+    #[test]
+    fn stored_values_answer_like_the_map_they_came_from_and_round_trip() {
+        let map = ValueMap::new()
+            .with(Macro::SUB1, "a b&c")
+            .with(Macro::SUB2, OwnedValue::encoded("x%20y").unwrap())
+            .with(Macro::PAYOUT, Amount::new(1250, 2))
+            .with(Macro::CURRENCY, Currency::new("EUR").unwrap())
+            .with(Macro::EVENT_ID, 7)
+            .with(Macro::DELIVERY_ID, "never kept");
+        let stored = map.to_stored(&[]);
+        let generic = StoredValues::capture(&map, Macro::builtins());
+        for m in Macro::builtins().filter(|m| *m != Macro::DELIVERY_ID) {
+            assert_eq!(stored.value(m), map.value(m), "{m:?}");
+            assert_eq!(generic.value(m), map.value(m), "{m:?}");
+        }
+        assert_eq!(stored.value(Macro::DELIVERY_ID), None);
+        let json = serde_json::to_string(&stored).unwrap();
+        assert_eq!(serde_json::from_str::<StoredValues>(&json).unwrap(), stored);
+        assert!(!format!("{stored:?}").contains("a b&c"));
     }
 
     #[test]

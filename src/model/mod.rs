@@ -21,7 +21,13 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::template::{Catalog, Context, Options, Template, TemplateError};
+use crate::template::{Catalog, Context, ExpandError, Options, Template, TemplateError};
+
+mod key;
+
+pub use key::{
+    DeliveryKey, KeyParseError, MAX_TRIGGER_ID, Purpose, TriggerId, TriggerIdError, TriggerKind,
+};
 
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident) => {
@@ -266,8 +272,9 @@ pub enum Status {
     /// Fires.
     #[default]
     Active,
-    /// Paused by a person.
-    Inactive,
+    /// Paused by a person ([`Status::pause`]); takes no new triggers until resumed.
+    #[serde(alias = "inactive")]
+    Paused,
     /// Switched off automatically after repeated delivery failures.
     Disabled {
         /// Why, in words a network manager reads.
@@ -277,10 +284,63 @@ pub enum Status {
     },
 }
 
+/// A status change that does not apply to the status a postback has.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StatusError {
+    /// `enable` on a paused postback.
+    #[error("the postback is paused by a person, not disabled: resume it instead")]
+    Paused,
+    /// `resume` on an automatically disabled postback.
+    #[error(
+        "the postback was disabled automatically after delivery failures ({reason}): enable it once the partner's server answers again"
+    )]
+    Disabled {
+        /// Why it was disabled.
+        reason: String,
+    },
+}
+
 impl Status {
     /// Whether it fires.
     pub const fn is_active(&self) -> bool {
         matches!(self, Status::Active)
+    }
+
+    /// Whether it was switched off automatically.
+    pub const fn is_disabled(&self) -> bool {
+        matches!(self, Status::Disabled { .. })
+    }
+
+    /// A person pauses it: from active or disabled (a paused postback stays paused).
+    pub fn pause(&self) -> Status {
+        Status::Paused
+    }
+
+    /// A person resumes it after a pause. An automatic disable is undone with
+    /// [`enable`](Self::enable), so that resuming never switches a failing partner back on by
+    /// accident.
+    pub fn resume(&self) -> Result<Status, StatusError> {
+        match self {
+            Status::Disabled { reason, .. } => Err(StatusError::Disabled {
+                reason: reason.clone(),
+            }),
+            _ => Ok(Status::Active),
+        }
+    }
+
+    /// A person enables it again after an automatic disable (once the partner fixed its server).
+    pub fn enable(&self) -> Result<Status, StatusError> {
+        match self {
+            Status::Paused => Err(StatusError::Paused),
+            _ => Ok(Status::Active),
+        }
+    }
+
+    /// The automatic disable applies only to an active postback: one already off is not
+    /// disabled (or announced) twice. `None` when nothing changes.
+    pub fn disable_automatically(&self, reason: String, at: DateTime<Utc>) -> Option<Status> {
+        self.is_active().then_some(Status::Disabled { reason, at })
     }
 }
 
@@ -370,6 +430,11 @@ pub enum ConfigError {
     /// Description over 1,000 characters.
     #[error("the description is {0} characters; the limit is 1000: shorten it")]
     DescriptionTooLong(usize),
+    /// The click id stands only in the `#fragment`, which is never sent to a server.
+    #[error(
+        "the click id macro {0} stands only in the `#fragment`, which is never sent to the partner's server: move it into the query"
+    )]
+    ClickIdInFragment(String),
 }
 
 /// A validated postback. Build one with [`Postback::builder`]; change one with
@@ -491,6 +556,29 @@ impl Postback {
     pub fn secrets(&self) -> &[String] {
         &self.secrets
     }
+    /// The URL (or code) expanded with [`SampleValues`](crate::template::SampleValues), with
+    /// `{delivery_id}` written exactly as a send writes it: the key of a sample trigger for this
+    /// postback.
+    pub fn preview(&self) -> Result<String, ExpandError> {
+        let key = DeliveryKey::new(TriggerId::sample(), self.id, self.sample_purpose(), 0);
+        let id = key.to_string();
+        self.template.expand(&crate::template::WithDeliveryId::new(
+            &crate::template::SampleValues,
+            &id,
+        ))
+    }
+
+    /// The purpose of a delivery of this postback for a sample trigger.
+    fn sample_purpose(&self) -> Purpose {
+        Purpose::Trigger(match self.kind {
+            Kind::Conversion => TriggerKind::Conversion,
+            Kind::Cpc => TriggerKind::CpcClick,
+            Kind::Event { event } => TriggerKind::Event {
+                event: event.unwrap_or(EventId::new(3)),
+            },
+        })
+    }
+
     /// Bytes this postback holds on the heap (capacity planning).
     pub fn heap_bytes(&self) -> usize {
         self.description.len() + self.template.heap_bytes()
@@ -721,6 +809,12 @@ impl PostbackBuilder {
             }
         };
         if method.is_server_to_server() && !template.has_click_id() {
+            if let Some(m) = template.click_id_in_fragment() {
+                return Err(ConfigError::ClickIdInFragment(format!(
+                    "{{{}}}",
+                    template.macro_name(m)
+                )));
+            }
             let catalog = self.catalog.unwrap_or_else(|| template.catalog());
             let names: Vec<String> = catalog
                 .click_id_macros()
