@@ -1213,6 +1213,10 @@ impl Engine {
             e.insert(d);
         }
         for key in remembered_keys {
+            // A finished key that is also pending would let one conversion be sent twice.
+            if e.by_key.contains_key(&key) {
+                return Err(RestoreError::DuplicateKey(key));
+            }
             if e.done_set.insert(key, ()).is_none() {
                 e.done_keys.push_back(key);
             }
