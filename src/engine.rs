@@ -406,18 +406,20 @@ pub struct TestFire {
 pub struct Engine {
     config: EngineConfig,
     registry: Registry,
-    deliveries: BTreeMap<DeliveryId, Delivery>,
+    /// Boxed: B-tree nodes then move and scan 16-byte entries, not deliveries of a few hundred
+    /// bytes, and a finished one goes into its event without a copy.
+    deliveries: BTreeMap<DeliveryId, Box<Delivery>>,
     /// When each unfinished delivery needs the engine next: a scheduled one when due, one in
     /// flight when its lease runs out (derived from `deliveries` and the lease).
     timers: BTreeSet<(DateTime<Utc>, DeliveryId)>,
     /// Unfinished deliveries per postback (derived from `deliveries`).
     by_postback: IdMap<PostbackId, BTreeSet<DeliveryId>>,
-    /// Unfinished deliveries by key (derived from `deliveries`).
-    by_key: IdMap<DeliveryKey, DeliveryId>,
+    /// Every key known: an unfinished delivery's with its handle, a remembered finished one's
+    /// with `None`. One table, so a delivery's life costs one insert, one update and, when its
+    /// key is forgotten, one removal.
+    keys: IdMap<DeliveryKey, Option<DeliveryId>>,
     /// Keys of finished deliveries, oldest first, at most `remembered_keys`.
     done_keys: VecDeque<DeliveryKey>,
-    /// The same keys, for lookup.
-    done_set: IdMap<DeliveryKey, ()>,
     /// Finished deliveries per postback, oldest first, at most `finished_per_postback` each.
     finished: IdMap<PostbackId, VecDeque<Delivery>>,
     health: IdMap<PostbackId, Health>,
@@ -445,9 +447,8 @@ impl Engine {
             deliveries: BTreeMap::new(),
             timers: BTreeSet::new(),
             by_postback: IdMap::default(),
-            by_key: IdMap::default(),
+            keys: IdMap::default(),
             done_keys: VecDeque::new(),
-            done_set: IdMap::default(),
             finished: IdMap::default(),
             health: IdMap::default(),
             events: VecDeque::new(),
@@ -484,17 +485,22 @@ impl Engine {
 
     /// A delivery that has not finished.
     pub fn delivery(&self, id: DeliveryId) -> Option<&Delivery> {
-        self.deliveries.get(&id)
+        self.deliveries.get(&id).map(|d| &**d)
     }
 
     /// The unfinished delivery with this key.
     pub fn delivery_by_key(&self, key: &DeliveryKey) -> Option<&Delivery> {
-        self.by_key.get(key).and_then(|id| self.deliveries.get(id))
+        self.keys
+            .get(key)
+            .copied()
+            .flatten()
+            .and_then(|id| self.deliveries.get(&id))
+            .map(|d| &**d)
     }
 
-    /// Unfinished deliveries (scheduled, in flight, held).
+    /// Unfinished deliveries (scheduled, in flight, held), by id.
     pub fn deliveries(&self) -> impl Iterator<Item = &Delivery> {
-        self.deliveries.values()
+        self.deliveries.values().map(|d| &**d)
     }
 
     /// Unfinished deliveries of one postback.
@@ -504,6 +510,7 @@ impl Engine {
             .into_iter()
             .flatten()
             .filter_map(|id| self.deliveries.get(id))
+            .map(|d| &**d)
     }
 
     /// The last finished deliveries of one postback, oldest first, each with every attempt (the
@@ -529,7 +536,7 @@ impl Engine {
 
     /// Whether a delivery with this key exists or was finished recently enough to be remembered.
     fn knows(&self, key: &DeliveryKey) -> bool {
-        self.by_key.contains_key(key) || self.done_set.contains_key(key)
+        self.keys.contains_key(key)
     }
 
     /// A conversion, event or CPC click happened: create deliveries for the server-to-server
@@ -660,7 +667,7 @@ impl Engine {
     ) -> Result<DeliveryId, FireError> {
         let pb = self.registry.get(key.postback()).expect("caller checked");
         let id = DeliveryId::new(self.next_id);
-        let d = Delivery::new(id, key, values, now, delay);
+        let d = Box::new(Delivery::new(id, key, values, now, delay));
         d.request(&Self::send_context(&self.config, pb))?;
         self.next_id = self.next_id.saturating_add(1);
         self.insert(d);
@@ -688,16 +695,16 @@ impl Engine {
         }
     }
 
-    fn insert(&mut self, d: Delivery) {
+    fn insert(&mut self, d: Box<Delivery>) {
         let id = d.id();
         self.by_postback.entry(d.postback()).or_default().insert(id);
-        self.by_key.insert(*d.key(), id);
+        self.keys.insert(*d.key(), Some(id));
         self.deliveries.insert(id, d);
         self.schedule(id);
     }
 
     /// Remove a delivery that ended, remember its key and keep its record.
-    fn finish(&mut self, id: DeliveryId) -> Option<Delivery> {
+    fn finish(&mut self, id: DeliveryId) -> Option<Box<Delivery>> {
         self.unschedule(id);
         let d = self.deliveries.remove(&id)?;
         let pid = d.postback();
@@ -707,24 +714,32 @@ impl Engine {
                 self.by_postback.remove(&pid);
             }
         }
-        self.by_key.remove(d.key());
         if self.config.remembered_keys > 0 {
-            self.done_keys.push_back(*d.key());
-            self.done_set.insert(*d.key(), ());
-            while self.done_keys.len() > self.config.remembered_keys {
-                if let Some(old) = self.done_keys.pop_front() {
-                    self.done_set.remove(&old);
-                }
+            if let Some(slot) = self.keys.get_mut(d.key()) {
+                *slot = None;
             }
+            self.done_keys.push_back(*d.key());
+            self.forget_old_keys();
+        } else {
+            self.keys.remove(d.key());
         }
         if self.config.finished_per_postback > 0 {
             let kept = self.finished.entry(pid).or_default();
-            kept.push_back(d.clone());
+            kept.push_back((*d).clone());
             while kept.len() > self.config.finished_per_postback {
                 kept.pop_front();
             }
         }
         Some(d)
+    }
+
+    /// Forget the oldest finished keys past [`EngineConfig::remembered_keys`].
+    fn forget_old_keys(&mut self) {
+        while self.done_keys.len() > self.config.remembered_keys {
+            if let Some(old) = self.done_keys.pop_front() {
+                self.keys.remove(&old);
+            }
+        }
     }
 
     /// The next request due at `now`, if any. Call until `None`. A request whose lease ran out
@@ -808,7 +823,7 @@ impl Engine {
         if d.is_test() {
             if let Some(record) = self.finish(id) {
                 self.events.push_back(Event::TestFired {
-                    record: Box::new(record),
+                    record,
                 });
             }
             return;
@@ -818,7 +833,7 @@ impl Engine {
                 self.health.entry(pid).or_default().record_success(now);
                 if let Some(record) = self.finish(id) {
                     self.events.push_back(Event::Delivered {
-                        record: Box::new(record),
+                        record,
                     });
                 }
             }
@@ -844,7 +859,7 @@ impl Engine {
             }
             Progress::GaveUp { reason, failure } => {
                 if failure.counts() {
-                    let failures = self.deliveries.get(&id).map_or(0, Delivery::failures);
+                    let failures = self.deliveries.get(&id).map_or(0, |d| d.failures());
                     self.count_failure(now, id, failures);
                 }
                 // The last delivery of a postback the policy just disabled is held, not lost.
@@ -857,7 +872,7 @@ impl Engine {
                     self.hold(id);
                 } else if let Some(record) = self.finish(id) {
                     self.events.push_back(Event::GaveUp {
-                        record: Box::new(record),
+                        record,
                     });
                 }
             }
@@ -889,7 +904,7 @@ impl Engine {
         }
         if let Some(d) = self.finish(id) {
             self.events.push_back(Event::GaveUp {
-                record: Box::new(d),
+                record: d,
             });
         }
     }
@@ -980,7 +995,7 @@ impl Engine {
     fn hold_all(&mut self, pid: PostbackId) {
         for id in self.delivery_ids_of(pid) {
             if matches!(
-                self.deliveries.get(&id).map(Delivery::state),
+                self.deliveries.get(&id).map(|d| d.state()),
                 Some(State::Scheduled { .. })
             ) {
                 self.hold(id);
@@ -997,7 +1012,7 @@ impl Engine {
             .deliveries
             .values()
             .filter(|d| matches!(d.state(), State::InFlight { .. }))
-            .map(Delivery::id)
+            .map(|d| d.id())
             .collect();
         for &id in &ids {
             self.unschedule(id);
@@ -1207,19 +1222,17 @@ impl Engine {
             if e.deliveries.contains_key(&d.id()) {
                 return Err(RestoreError::DuplicateDelivery(d.id()));
             }
-            if e.by_key.contains_key(d.key()) {
+            if e.keys.contains_key(d.key()) {
                 return Err(RestoreError::DuplicateKey(*d.key()));
             }
-            e.insert(d);
+            e.insert(Box::new(d));
         }
         for key in remembered_keys {
             // A finished key that is also pending would let one conversion be sent twice.
-            if e.by_key.contains_key(&key) {
+            if e.keys.insert(key, None).is_some() {
                 return Err(RestoreError::DuplicateKey(key));
             }
-            if e.done_set.insert(key, ()).is_none() {
-                e.done_keys.push_back(key);
-            }
+            e.done_keys.push_back(key);
         }
         for d in finished {
             let kept = e.finished.entry(d.postback()).or_default();
@@ -1229,11 +1242,7 @@ impl Engine {
         e.events = events;
         e.next_id = next_id;
         // A smaller configuration than the snapshot's: keep the newest.
-        while e.done_keys.len() > e.config.remembered_keys {
-            if let Some(old) = e.done_keys.pop_front() {
-                e.done_set.remove(&old);
-            }
-        }
+        e.forget_old_keys();
         let cap = e.config.finished_per_postback;
         for kept in e.finished.values_mut() {
             while kept.len() > cap {
@@ -1283,11 +1292,13 @@ impl Serialize for Engine {
             events: &'a VecDeque<Event>,
             next_id: u64,
         }
+        // Sorted, so the same state always writes the same bytes.
         let mut finished: Vec<&Delivery> = self.finished.values().flatten().collect();
         finished.sort_by_key(|d| d.id());
+        let deliveries: Vec<&Delivery> = self.deliveries().collect();
         Ref {
             registry: &self.registry,
-            deliveries: self.deliveries.values().collect(),
+            deliveries,
             finished,
             remembered_keys: &self.done_keys,
             health: self.health.iter().collect(),

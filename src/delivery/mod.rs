@@ -660,11 +660,21 @@ impl Delivery {
     /// delivery's values and key, without the `#fragment` (never sent), plus the idempotency
     /// header. Pure: previews and stores call it too.
     pub fn request(&self, ctx: &SendContext<'_>) -> Result<Outbound, RenderError> {
+        let (http, url, key) = self.url(ctx)?;
+        let mut out = Outbound::new(http, url)?.with_secrets(ctx.postback.secrets().to_vec());
+        if let Some(h) = ctx.idempotency_header {
+            out = out.header(h, &key)?;
+        }
+        Ok(out)
+    }
+
+    /// The method, the URL without its fragment, and the key as text.
+    fn url(&self, ctx: &SendContext<'_>) -> Result<(HttpMethod, String, String), RenderError> {
         let pb = ctx.postback;
         let Method::ServerToServer { http } = pb.method() else {
             return Err(RenderError::NotServerToServer(pb.id()));
         };
-        let key = self.key.to_string();
+        let key = self.key.to_text();
         let mut url = pb
             .template()
             .expand(&WithDeliveryId::new(&self.values, &key))?;
@@ -672,11 +682,37 @@ impl Delivery {
         if let Some(i) = url.find('#') {
             url.truncate(i);
         }
-        let mut out = Outbound::new(http, url)?.with_secrets(pb.secrets().to_vec());
+        Ok((http, url, key))
+    }
+
+    /// The `http` request of a send and the URL its attempt records: what [`request`]
+    /// makes, built straight into an `http::Request` (the URL is parsed once).
+    ///
+    /// [`request`]: Self::request
+    fn http_request(
+        &self,
+        ctx: &SendContext<'_>,
+    ) -> Result<(http::Request<Vec<u8>>, String), RenderError> {
+        let (method, url, key) = self.url(ctx)?;
+        let recorded = redact_url_with(&url, ctx.postback.secrets());
+        let mut b = http::Request::builder()
+            .method(match method {
+                HttpMethod::Get => http::Method::GET,
+                HttpMethod::Post => http::Method::POST,
+            })
+            .uri(url);
         if let Some(h) = ctx.idempotency_header {
-            out = out.header(h, &key)?;
+            b = b.header(h, key.as_str());
         }
-        Ok(out)
+        let req = b.body(Vec::new()).map_err(|e| {
+            RenderError::Request(match ctx.idempotency_header {
+                Some(h) if http::HeaderName::try_from(h).is_err() => {
+                    RequestError::InvalidHeader(h.to_owned())
+                }
+                _ => RequestError::InvalidUrl(e.to_string()),
+            })
+        })?;
+        Ok((req, recorded))
     }
 
     /// What to do at `now`, with the postback as it is now. A returned [`Action::Send`] or
@@ -684,9 +720,7 @@ impl Delivery {
     pub fn poll(&mut self, now: DateTime<Utc>, ctx: &SendContext<'_>) -> Action {
         match self.state {
             State::Scheduled { at } if at <= now => {
-                let made = self
-                    .request(ctx)
-                    .and_then(|out| Ok((out.to_request()?, out.redacted_url())));
+                let made = self.http_request(ctx);
                 self.check = ctx.postback.response_check().cloned();
                 match made {
                     Ok((req, url)) => {

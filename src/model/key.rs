@@ -20,7 +20,7 @@ pub const MAX_TRIGGER_ID: usize = 64;
 ///
 /// Stored inline, so a [`Trigger`](crate::registry::Trigger) stays `Copy` and resolving one
 /// allocates nothing.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct TriggerId {
     len: u8,
     bytes: [u8; MAX_TRIGGER_ID],
@@ -84,6 +84,13 @@ impl TriggerId {
     pub fn as_str(&self) -> &str {
         // Only ASCII is ever stored.
         std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or_default()
+    }
+}
+
+impl std::hash::Hash for TriggerId {
+    // Only the bytes in use: the padding is always zero, so equal ids hash equally.
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        h.write(&self.bytes[..usize::from(self.len)]);
     }
 }
 
@@ -245,16 +252,50 @@ impl DeliveryKey {
     }
 }
 
+impl DeliveryKey {
+    /// The key as text, as [`Display`](fmt::Display) writes it, without the formatting
+    /// machinery: every send writes it once.
+    pub fn to_text(&self) -> String {
+        let mut out = String::with_capacity(usize::from(self.trigger.len) + 48);
+        out.push_str(self.trigger.as_str());
+        out.push('.');
+        push_decimal(&mut out, self.postback.get());
+        out.push('.');
+        match self.purpose {
+            Purpose::Trigger(TriggerKind::Conversion) => out.push_str("conversion"),
+            Purpose::Trigger(TriggerKind::Event { event }) => {
+                out.push_str("event-");
+                push_decimal(&mut out, event.get());
+            }
+            Purpose::Trigger(TriggerKind::CpcClick) => out.push_str("cpc"),
+            Purpose::Test => out.push_str("test"),
+        }
+        out.push('.');
+        push_decimal(&mut out, u64::from(self.revision));
+        out
+    }
+}
+
+fn push_decimal(out: &mut String, n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &b in &buf[i..] {
+        out.push(char::from(b));
+    }
+}
+
 impl fmt::Display for DeliveryKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}.", self.trigger, self.postback)?;
-        match self.purpose {
-            Purpose::Trigger(TriggerKind::Conversion) => f.write_str("conversion")?,
-            Purpose::Trigger(TriggerKind::Event { event }) => write!(f, "event-{event}")?,
-            Purpose::Trigger(TriggerKind::CpcClick) => f.write_str("cpc")?,
-            Purpose::Test => f.write_str("test")?,
-        }
-        write!(f, ".{}", self.revision)
+        f.write_str(&self.to_text())
     }
 }
 
@@ -361,6 +402,7 @@ mod tests {
                 u32::MAX,
             );
             assert_eq!(key.to_string().parse::<DeliveryKey>(), Ok(key));
+            assert_eq!(key.to_text(), key.to_string());
         }
         for bad in [
             "",

@@ -29,6 +29,29 @@ use serde::{Deserialize, Serialize};
 #[serde(transparent)]
 pub struct Macro(u16);
 
+/// The built-in macros sorted by id, at compile time: captured values come out sorted.
+const BUILTINS_BY_ID: [Macro; BUILTINS.len()] = {
+    let mut out = [Macro(0); BUILTINS.len()];
+    let mut i = 0;
+    while i < BUILTINS.len() {
+        out[i] = BUILTINS[i].1;
+        i += 1;
+    }
+    // Insertion sort: a few dozen entries, once, in the compiler.
+    let mut i = 1;
+    while i < out.len() {
+        let mut j = i;
+        while j > 0 && out[j - 1].0 > out[j].0 {
+            let t = out[j - 1];
+            out[j - 1] = out[j];
+            out[j] = t;
+            j -= 1;
+        }
+        i += 1;
+    }
+    out
+};
+
 /// First id handed to a network's own macros; everything below is reserved for built-ins.
 const FIRST_CUSTOM: u16 = 1024;
 
@@ -156,9 +179,9 @@ impl Macro {
         Macro(id)
     }
 
-    /// Every built-in macro.
+    /// Every built-in macro, in id order.
     pub fn builtins() -> impl Iterator<Item = Macro> {
-        BUILTINS.iter().map(|(_, m)| *m)
+        BUILTINS_BY_ID.iter().copied()
     }
 
     /// Whether this is one of the crate's built-in macros.

@@ -384,7 +384,9 @@ impl StoredValues {
         // Sorted first, so equal values make equal bytes whatever order they came in; a repeated
         // macro keeps its first value, as a map keeps one.
         let mut pairs: Vec<(Macro, Value<'v>)> = pairs.collect();
-        pairs.sort_by_key(|(m, _)| *m);
+        if !pairs.is_sorted_by_key(|(m, _)| *m) {
+            pairs.sort_by_key(|(m, _)| *m);
+        }
         pairs.dedup_by_key(|(m, _)| *m);
         let mut text = String::with_capacity(
             pairs
