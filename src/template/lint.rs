@@ -203,10 +203,14 @@ impl MacroValues for SampleValues {
 
 /// Whether a query parameter name suggests a secret.
 fn is_secret_key(key: &str) -> bool {
-    let k = key.to_ascii_lowercase();
+    // Case-insensitive substring search without a lower-cased copy: it runs on every send.
+    let k = key.as_bytes();
     ["token", "key", "secret", "pass", "sig", "auth", "hash"]
         .iter()
-        .any(|s| k.contains(s))
+        .any(|s| {
+            k.windows(s.len())
+                .any(|w| w.eq_ignore_ascii_case(s.as_bytes()))
+        })
 }
 
 /// The URL with the values of secret-looking query parameters (`token`, `key`, `secret`, ...)
