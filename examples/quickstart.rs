@@ -2,9 +2,10 @@
 //!
 //! Postbacks at the three levels (plus an event, a CPC and a pixel postback) fire through the
 //! engine and a real HTTP client (the `ureq` adapter); the partner's endpoint prints what it
-//! received. Then a partner endpoint that keeps failing is retried on a compressed schedule until
-//! the postback is disabled after 25 attempts and the manager notified; its debug info is shown;
-//! the endpoint is fixed, the postback re-enabled, and the held deliveries replayed.
+//! received; the same conversion handled again creates nothing. Then a partner endpoint that
+//! keeps failing is retried on a compressed schedule until the postback is disabled after 25
+//! attempts and the manager notified; its debug info is shown; the partner fixes its URL, the
+//! manager enables the postback, and the held conversions reach the new URL.
 //!
 //! Run: `cargo run --example quickstart`
 
@@ -21,8 +22,6 @@ mod receiver;
 #[path = "adapters/ureq_transport.rs"]
 mod ureq_transport;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -42,13 +41,10 @@ const MANAGER: Actor = Actor::Network(ManagerId::new(1));
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let start = std::time::Instant::now();
-    // The partner's tracker: answers 200, except the "broken" endpoint, which fails with 500
-    // until it is fixed.
-    let fixed = Arc::new(AtomicBool::new(false));
-    let fixed_in_server = Arc::clone(&fixed);
+    // The partner's tracker: answers 200, except partner 9's old endpoint, which it moved away.
     let partner = Receiver::start(move |req, _| {
-        if req.path().starts_with("/broken") && !fixed_in_server.load(Ordering::SeqCst) {
-            Response::status(500).body("database is down")
+        if req.path().starts_with("/p9/old") {
+            Response::status(404).body("no such endpoint: moved to /p9/pb")
         } else {
             Response::ok().body("OK")
         }
@@ -112,8 +108,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .description("partner 8 on offer 43, an image pixel"),
         Postback::builder(PostbackId::new(7))
             .partner(p9)
-            .url(url("/broken?cid={sub1}&payout={payout}"))
-            .description("partner 9, whose server is failing"),
+            .url(url("/p9/old?cid={sub1}&payout={payout}"))
+            .description("partner 9, whose URL points at an endpoint it moved"),
     ];
     for b in postbacks {
         let pb = b.build()?;
@@ -164,6 +160,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     run_blocking(&mut engine, &transport, &clock, deadline, |e| {
         print_event(&e)
     });
+    // A retried API call: the same conversion id again creates nothing new.
+    let (trigger, click) = &triggers[0];
+    let again = engine.handle_trigger(now(&clock), trigger, &values(click));
+    println!(
+        "  conversion {} handled again: {} new deliveries, already delivered: {:?}",
+        trigger.id,
+        again.deliveries.len(),
+        again
+            .duplicates
+            .iter()
+            .map(|(_, k)| k.to_string())
+            .collect::<Vec<_>>()
+    );
     println!("\n== what the partner's tracker received");
     for r in partner.requests() {
         let key = r.header("idempotency-key").unwrap_or("-");
@@ -231,8 +240,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("  last response body: {:?}", a.body);
     }
 
-    println!("\n== partner 9 fixes its server; the network manager re-enables the postback");
-    fixed.store(true, Ordering::SeqCst);
+    println!("\n== partner 9 fixes its URL; the network manager enables the postback again");
+    let fixed = engine
+        .registry()
+        .get(PostbackId::new(7))
+        .expect("configured above")
+        .to_builder()
+        .url(url("/p9/pb?cid={sub1}&payout={payout}&did={delivery_id}"))
+        .build()?;
+    engine.edit(now(&clock), Actor::Partner(p9), fixed)?;
     let before = partner.count();
     engine.enable(now(&clock), MANAGER, PostbackId::new(7))?;
     let deadline = now(&clock) + chrono::Duration::seconds(30);
@@ -261,8 +277,8 @@ fn now(clock: &SystemClock) -> DateTime<Utc> {
 fn print_event(e: &Event) {
     match e {
         Event::Delivered { record } => println!(
-            "  delivered: delivery {} of postback {} after {} attempt(s){}",
-            record.id(),
+            "  delivered: {} (postback {}) after {} attempt(s){}",
+            record.key(),
             record.postback(),
             record.attempts().len(),
             if record.is_hidden_from_reports() {

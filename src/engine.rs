@@ -412,6 +412,9 @@ pub struct Engine {
     /// When each unfinished delivery needs the engine next: a scheduled one when due, one in
     /// flight when its lease runs out (derived from `deliveries` and the lease).
     timers: BTreeSet<(DateTime<Utc>, DeliveryId)>,
+    /// When each request in flight loses its lease: apart from `timers`, since it holds only the
+    /// few requests out at a time and changes on every send and answer.
+    leases: BTreeSet<(DateTime<Utc>, DeliveryId)>,
     /// Unfinished deliveries per postback (derived from `deliveries`).
     by_postback: IdMap<PostbackId, BTreeSet<DeliveryId>>,
     /// Every key known: an unfinished delivery's with its handle, a remembered finished one's
@@ -446,6 +449,7 @@ impl Engine {
             registry,
             deliveries: BTreeMap::new(),
             timers: BTreeSet::new(),
+            leases: BTreeSet::new(),
             by_postback: IdMap::default(),
             keys: IdMap::default(),
             done_keys: VecDeque::new(),
@@ -674,24 +678,30 @@ impl Engine {
         Ok(id)
     }
 
-    /// When the engine needs a delivery next.
-    fn timer_of(&self, d: &Delivery) -> Option<DateTime<Utc>> {
-        match d.state() {
-            State::Scheduled { at } => Some(*at),
-            State::InFlight { since, .. } => Some(add(*since, self.config.lease)),
+    /// Where and when the engine needs a delivery next: `timers` when it is due, `leases` when
+    /// its request in flight is taken as lost.
+    fn timer_of(
+        &mut self,
+        id: DeliveryId,
+    ) -> Option<(&mut BTreeSet<(DateTime<Utc>, DeliveryId)>, DateTime<Utc>)> {
+        match self.deliveries.get(&id)?.state() {
+            State::Scheduled { at } => Some((&mut self.timers, *at)),
+            State::InFlight { since, .. } => {
+                Some((&mut self.leases, add(*since, self.config.lease)))
+            }
             _ => None,
         }
     }
 
     fn unschedule(&mut self, id: DeliveryId) {
-        if let Some(at) = self.deliveries.get(&id).and_then(|d| self.timer_of(d)) {
-            self.timers.remove(&(at, id));
+        if let Some((set, at)) = self.timer_of(id) {
+            set.remove(&(at, id));
         }
     }
 
     fn schedule(&mut self, id: DeliveryId) {
-        if let Some(at) = self.deliveries.get(&id).and_then(|d| self.timer_of(d)) {
-            self.timers.insert((at, id));
+        if let Some((set, at)) = self.timer_of(id) {
+            set.insert((at, id));
         }
     }
 
@@ -746,6 +756,17 @@ impl Engine {
     /// is taken as lost here and made due again (an [`FailureClass::Interrupted`] attempt).
     pub fn poll_transmit(&mut self, now: DateTime<Utc>) -> Option<Transmit> {
         loop {
+            if let Some(&(at, id)) = self.leases.first().filter(|(at, _)| *at <= now) {
+                self.leases.remove(&(at, id));
+                if let Some(progress) = self
+                    .deliveries
+                    .get_mut(&id)
+                    .and_then(|d| d.interrupted(now, &self.config.retry))
+                {
+                    self.progress(now, id, progress);
+                }
+                continue;
+            }
             let &(at, id) = self.timers.first()?;
             if at > now {
                 return None;
@@ -754,12 +775,6 @@ impl Engine {
             let Some(d) = self.deliveries.get_mut(&id) else {
                 continue;
             };
-            if matches!(d.state(), State::InFlight { .. }) {
-                if let Some(progress) = d.interrupted(now, &self.config.retry) {
-                    self.progress(now, id, progress);
-                }
-                continue;
-            }
             let (pid, test) = (d.postback(), d.is_test());
             // Never send for a postback that is gone or off (the registry may have changed
             // behind the engine's back through `registry_mut`); test fires go out regardless.
@@ -800,15 +815,18 @@ impl Engine {
         id: DeliveryId,
         result: Result<http::Response<Vec<u8>>, Failure>,
     ) -> Result<(), EngineError> {
-        let lease_end = self
+        let lease = self.config.lease;
+        let d = self
             .deliveries
-            .get(&id)
-            .ok_or(EngineError::UnknownDelivery(id))
-            .map(|d| self.timer_of(d))?;
-        let d = self.deliveries.get_mut(&id).expect("checked above");
+            .get_mut(&id)
+            .ok_or(EngineError::UnknownDelivery(id))?;
+        let since = match d.state() {
+            State::InFlight { since, .. } => Some(*since),
+            _ => None,
+        };
         let progress = d.handle_response(now, result, &self.config.retry)?;
-        if let Some(at) = lease_end {
-            self.timers.remove(&(at, id));
+        if let Some(since) = since {
+            self.leases.remove(&(add(since, lease), id));
         }
         self.progress(now, id, progress);
         Ok(())
@@ -822,9 +840,7 @@ impl Engine {
         let pid = d.postback();
         if d.is_test() {
             if let Some(record) = self.finish(id) {
-                self.events.push_back(Event::TestFired {
-                    record,
-                });
+                self.events.push_back(Event::TestFired { record });
             }
             return;
         }
@@ -832,9 +848,7 @@ impl Engine {
             Progress::Delivered { .. } => {
                 self.health.entry(pid).or_default().record_success(now);
                 if let Some(record) = self.finish(id) {
-                    self.events.push_back(Event::Delivered {
-                        record,
-                    });
+                    self.events.push_back(Event::Delivered { record });
                 }
             }
             Progress::Retry {
@@ -871,9 +885,7 @@ impl Engine {
                 if held {
                     self.hold(id);
                 } else if let Some(record) = self.finish(id) {
-                    self.events.push_back(Event::GaveUp {
-                        record,
-                    });
+                    self.events.push_back(Event::GaveUp { record });
                 }
             }
         }
@@ -903,9 +915,7 @@ impl Engine {
             d.abandon(now);
         }
         if let Some(d) = self.finish(id) {
-            self.events.push_back(Event::GaveUp {
-                record: d,
-            });
+            self.events.push_back(Event::GaveUp { record: d });
         }
     }
 
@@ -1034,12 +1044,14 @@ impl Engine {
     /// When the engine needs to be polled next: the next attempt due, or the end of the lease
     /// of a request in flight. Sleep until then unless a trigger or a response comes first.
     pub fn poll_timeout(&self) -> Option<DateTime<Utc>> {
-        self.timers.first().map(|(at, _)| *at)
+        let due = self.timers.first().map(|(at, _)| *at);
+        let lease = self.leases.first().map(|(at, _)| *at);
+        due.into_iter().chain(lease).min()
     }
 
     /// Whether nothing is scheduled or in flight (held deliveries wait for an enable or resume).
     pub fn is_idle(&self) -> bool {
-        self.timers.is_empty()
+        self.timers.is_empty() && self.leases.is_empty()
     }
 
     /// Check a server-to-server postback's URL (its preview) against the network policy.
@@ -1190,7 +1202,8 @@ impl Engine {
             .values()
             .map(|d| per_entry + d.heap_bytes())
             .sum::<usize>()
-            + self.timers.len() * (std::mem::size_of::<(DateTime<Utc>, DeliveryId)>() + 8)
+            + (self.timers.len() + self.leases.len())
+                * (std::mem::size_of::<(DateTime<Utc>, DeliveryId)>() + 8)
     }
 
     /// Read back a snapshot (what [`Engine`] serializes) under `config`, checked: nothing in it

@@ -13,17 +13,20 @@
 //! | module | owns |
 //! | --- | --- |
 //! | [`template`] | parsing, dialects, encoding per position, currency first, money, lints |
-//! | [`model`] | ids, kinds, levels, methods, status, the validated [`Postback`](model::Postback) |
+//! | [`model`] | ids (trigger ids and delivery keys too), kinds, levels, methods, status and its transitions, the validated [`Postback`](model::Postback) |
 //! | [`registry`] | indexed postbacks and precedence resolution, with reasons |
 //! | [`access`] | who may change which postback, and the audit trail |
-//! | [`delivery`] | one firing as a state machine: retry policy, failure taxonomy, debug info |
+//! | [`delivery`] | one firing as a state machine over the values it keeps: retry policy, failure taxonomy, debug info, a postback's health and the disable decision |
 //! | [`net`] | the network policy against server-side request forgery |
-//! | [`engine`] | registry, templates and deliveries composed: `handle_*` in, `poll_*` out |
+//! | [`engine`] | the in-memory home of deliveries over those decisions: `handle_*` in, `poll_*` out, checked snapshots |
 //! | [`transport`] | the HTTP transport traits, clocks, and blocking and async drivers |
 //! | [`presets`] | postback templates for well-known trackers |
 //!
 //! `template` sits above `model` because a postback is validated by parsing its template when
 //! it is built; the template engine itself knows nothing of postbacks.
+//!
+//! Delivery is at least once: a request whose answer never comes is sent again with the same
+//! [`DeliveryKey`](model::DeliveryKey), which receivers use to drop duplicates.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod access;
