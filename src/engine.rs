@@ -398,6 +398,9 @@ pub struct TestFire {
     pub audit: AuditEntry,
 }
 
+/// Deliveries by the time the engine needs them next.
+type Timers = BTreeSet<(DateTime<Utc>, DeliveryId)>;
+
 /// Registry, deliveries and health in one sans-IO object. See the [module docs](self).
 ///
 /// Serializes as its state (no configuration); read it back with [`Snapshot`] and
@@ -411,10 +414,10 @@ pub struct Engine {
     deliveries: BTreeMap<DeliveryId, Box<Delivery>>,
     /// When each unfinished delivery needs the engine next: a scheduled one when due, one in
     /// flight when its lease runs out (derived from `deliveries` and the lease).
-    timers: BTreeSet<(DateTime<Utc>, DeliveryId)>,
+    timers: Timers,
     /// When each request in flight loses its lease: apart from `timers`, since it holds only the
     /// few requests out at a time and changes on every send and answer.
-    leases: BTreeSet<(DateTime<Utc>, DeliveryId)>,
+    leases: Timers,
     /// Unfinished deliveries per postback (derived from `deliveries`).
     by_postback: IdMap<PostbackId, BTreeSet<DeliveryId>>,
     /// Every key known: an unfinished delivery's with its handle, a remembered finished one's
@@ -680,10 +683,7 @@ impl Engine {
 
     /// Where and when the engine needs a delivery next: `timers` when it is due, `leases` when
     /// its request in flight is taken as lost.
-    fn timer_of(
-        &mut self,
-        id: DeliveryId,
-    ) -> Option<(&mut BTreeSet<(DateTime<Utc>, DeliveryId)>, DateTime<Utc>)> {
+    fn timer_of(&mut self, id: DeliveryId) -> Option<(&mut Timers, DateTime<Utc>)> {
         match self.deliveries.get(&id)?.state() {
             State::Scheduled { at } => Some((&mut self.timers, *at)),
             State::InFlight { since, .. } => {
