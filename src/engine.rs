@@ -43,7 +43,7 @@ use crate::net::{NetError, NetPolicy};
 use crate::registry::{
     Outcome, Precedence, Registry, RegistryError, Resolution, SkipReason, Trigger,
 };
-use crate::template::{MacroValues, Pixel, StoredValues, redact_url};
+use crate::template::{MacroValues, Pixel, StoredValues};
 
 pub use crate::delivery::Health;
 
@@ -79,6 +79,11 @@ pub struct EngineConfig {
     /// nothing (default 100,000, about 200 bytes each). Older keys are forgotten first; a
     /// durable store remembers every key it keeps.
     pub remembered_keys: usize,
+    /// The longest value, in bytes, a postback may carry (default 1,024). A longer one is
+    /// refused when the trigger is handled ([`RenderError::ValueTooLong`]), so that one click's
+    /// oversized sub value cannot make a partner's server answer 414 until the postback is
+    /// disabled. A 413, 414 or 431 that comes back anyway ends that delivery, never counted.
+    pub max_value_len: usize,
 }
 
 impl Default for EngineConfig {
@@ -92,6 +97,7 @@ impl Default for EngineConfig {
             lease: Duration::from_secs(300),
             finished_per_postback: 20,
             remembered_keys: 100_000,
+            max_value_len: 1024,
         }
     }
 }
@@ -145,6 +151,12 @@ impl EngineConfig {
         self.remembered_keys = n;
         self
     }
+    /// Refuse values longer than `max` bytes.
+    #[must_use]
+    pub fn max_value_len(mut self, max: usize) -> Self {
+        self.max_value_len = max;
+        self
+    }
 }
 
 /// A request to send.
@@ -153,6 +165,8 @@ impl EngineConfig {
 pub struct Transmit {
     /// Pass it back to [`Engine::handle_response`] with the result.
     pub delivery: DeliveryId,
+    /// The URL with its secrets redacted, for `Debug`.
+    shown: String,
     /// Its stable key (what the receiver de-duplicates on).
     pub key: DeliveryKey,
     /// The postback it fires.
@@ -169,7 +183,7 @@ impl fmt::Debug for Transmit {
             .field("key", &self.key)
             .field("postback", &self.postback)
             .field("method", self.request.method())
-            .field("uri", &redact_url(&self.request.uri().to_string()))
+            .field("uri", &self.shown)
             .finish()
     }
 }
@@ -660,7 +674,9 @@ impl Engine {
     }
 
     fn send_context<'a>(config: &'a EngineConfig, pb: &'a Postback) -> SendContext<'a> {
-        SendContext::new(pb).idempotency_header(config.idempotency_header.as_deref())
+        SendContext::new(pb)
+            .idempotency_header(config.idempotency_header.as_deref())
+            .max_value_len(Some(config.max_value_len))
     }
 
     /// Create a delivery, checking that its request can be made now: a value that does not fit
@@ -787,13 +803,15 @@ impl Engine {
             let action = d.poll(now, &Self::send_context(&self.config, pb));
             let key = *d.key();
             match action {
-                Action::Send(request) => {
+                Action::Send(out) => {
                     self.schedule(id);
+                    let shown = out.redacted_url().to_owned();
                     return Some(Transmit {
                         delivery: id,
+                        shown,
                         key,
                         postback: pid,
-                        request,
+                        request: out.into_request(),
                     });
                 }
                 Action::Unsendable(failure) => {

@@ -50,7 +50,9 @@ use serde::{Deserialize, Serialize};
 use crate::model::{
     DeliveryKey, HttpMethod, Method, Postback, PostbackId, Purpose, ResponseCheck, TriggerKind,
 };
-use crate::template::{ExpandError, StoredValues, WithDeliveryId, redact_url, redact_url_with};
+use crate::template::{
+    ExpandError, StoredValues, WithDeliveryId, redact_url_with, scrub_text, secret_parts,
+};
 
 pub use health::Health;
 pub(crate) use policy::add;
@@ -169,6 +171,9 @@ pub enum FailureClass {
     Local,
     /// No result came back (our sender stopped). Never counted.
     Interrupted,
+    /// The partner's server refused the request itself as too large (413, 414 or 431): a value
+    /// of ours caused it. Never counted; the delivery ends.
+    Rejected(u16),
 }
 
 impl FailureClass {
@@ -176,7 +181,10 @@ impl FailureClass {
     pub const fn counts(&self) -> bool {
         !matches!(
             self,
-            FailureClass::Forbidden | FailureClass::Local | FailureClass::Interrupted
+            FailureClass::Forbidden
+                | FailureClass::Local
+                | FailureClass::Interrupted
+                | FailureClass::Rejected(_)
         )
     }
 }
@@ -193,6 +201,7 @@ impl fmt::Display for FailureClass {
             FailureClass::Forbidden => f.write_str("refused by network policy"),
             FailureClass::Local => f.write_str("local error"),
             FailureClass::Interrupted => f.write_str("interrupted"),
+            FailureClass::Rejected(s) => write!(f, "HTTP {s}: request refused as too large"),
         }
     }
 }
@@ -277,6 +286,19 @@ pub enum RenderError {
     /// The expanded request is not sendable.
     #[error(transparent)]
     Request(#[from] RequestError),
+    /// A value is longer than the network allows: a partner's server would refuse the request
+    /// (414), and the failure is ours, not the partner's.
+    #[error(
+        "the value of {{{name}}} is {len} bytes, over the limit of {max}: shorten it at the source, or raise the limit"
+    )]
+    ValueTooLong {
+        /// The macro.
+        name: String,
+        /// Its length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
     /// The postback is a pixel or HTML code: the page renders it, no server sends it.
     #[error(
         "postback {0} is a pixel or HTML code: render it in the page; only server-to-server postbacks are sent"
@@ -292,6 +314,9 @@ pub struct SendContext<'a> {
     pub postback: &'a Postback,
     /// Send the delivery key in this header too (e.g. `Idempotency-Key`).
     pub idempotency_header: Option<&'a str>,
+    /// Refuse to send a value longer than this many bytes (see
+    /// [`EngineConfig::max_value_len`](crate::engine::EngineConfig::max_value_len)).
+    pub max_value_len: Option<usize>,
 }
 
 impl<'a> SendContext<'a> {
@@ -300,7 +325,15 @@ impl<'a> SendContext<'a> {
         SendContext {
             postback,
             idempotency_header: None,
+            max_value_len: None,
         }
+    }
+
+    /// Refuse values longer than `max` bytes.
+    #[must_use]
+    pub fn max_value_len(mut self, max: Option<usize>) -> Self {
+        self.max_value_len = max;
+        self
     }
 
     /// Send the key in header `name` as well.
@@ -457,7 +490,7 @@ pub enum GiveUpReason {
 #[non_exhaustive]
 pub enum Action {
     /// Send this request through the transport, then call [`Delivery::handle_response`].
-    Send(http::Request<Vec<u8>>),
+    Send(Outgoing),
     /// The request could not be made (the postback's current template does not expand with
     /// this delivery's values, or the postback is no longer server-to-server): pass this
     /// failure to [`Delivery::handle_response`] now. It never counts toward disabling.
@@ -472,18 +505,46 @@ pub enum Action {
     Finished,
 }
 
+/// A request to send, with the URL as records and `Debug` show it (secret-looking parameters
+/// and the postback's literal secrets redacted). Reads as the `http::Request` it holds.
+#[derive(Clone)]
+pub struct Outgoing {
+    request: http::Request<Vec<u8>>,
+    shown: String,
+}
+
+impl Outgoing {
+    /// The request.
+    pub fn request(&self) -> &http::Request<Vec<u8>> {
+        &self.request
+    }
+    /// The request, to hand to a transport.
+    pub fn into_request(self) -> http::Request<Vec<u8>> {
+        self.request
+    }
+    /// The URL with its secrets redacted: what the attempt records.
+    pub fn redacted_url(&self) -> &str {
+        &self.shown
+    }
+}
+
+impl std::ops::Deref for Outgoing {
+    type Target = http::Request<Vec<u8>>;
+    fn deref(&self) -> &Self::Target {
+        &self.request
+    }
+}
+
+impl fmt::Debug for Outgoing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.request.method(), self.shown)
+    }
+}
+
 impl fmt::Debug for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            // The URL can carry a partner's token: show it redacted.
-            Action::Send(r) => {
-                write!(
-                    f,
-                    "Send({} {})",
-                    r.method(),
-                    redact_url(&r.uri().to_string())
-                )
-            }
+            Action::Send(r) => write!(f, "Send({r:?})"),
             Action::Unsendable(e) => write!(f, "Unsendable({e})"),
             Action::Wait(t) => write!(f, "Wait({t})"),
             Action::AwaitResponse => f.write_str("AwaitResponse"),
@@ -560,7 +621,23 @@ pub struct Delivery {
     /// The response check of the postback when the request in flight was made.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     check: Option<ResponseCheck>,
+    /// The secret parts of the request in flight, scrubbed from what its attempt records.
+    #[serde(skip)]
+    scrub: Scrub,
 }
+
+/// Secret parts of a request in flight: kept in memory only, never serialized or shown, and not
+/// part of a delivery's identity (a restored delivery is equal without them).
+#[derive(Clone, Default)]
+struct Scrub(Vec<String>);
+
+impl PartialEq for Scrub {
+    fn eq(&self, _: &Scrub) -> bool {
+        true
+    }
+}
+
+impl Eq for Scrub {}
 
 impl fmt::Debug for Delivery {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -601,6 +678,7 @@ impl Delivery {
             released_after: 0,
             attempts: Vec::new(),
             check: None,
+            scrub: Scrub::default(),
         }
     }
 
@@ -674,6 +752,18 @@ impl Delivery {
         let Method::ServerToServer { http } = pb.method() else {
             return Err(RenderError::NotServerToServer(pb.id()));
         };
+        if let Some(max) = ctx.max_value_len {
+            for m in pb.template().macros() {
+                let len = self.values.text_len(m);
+                if len > max {
+                    return Err(RenderError::ValueTooLong {
+                        name: pb.template().macro_name(m),
+                        len,
+                        max,
+                    });
+                }
+            }
+        }
         let key = self.key.to_text();
         let mut url = pb
             .template()
@@ -689,12 +779,10 @@ impl Delivery {
     /// makes, built straight into an `http::Request` (the URL is parsed once).
     ///
     /// [`request`]: Self::request
-    fn http_request(
-        &self,
-        ctx: &SendContext<'_>,
-    ) -> Result<(http::Request<Vec<u8>>, String), RenderError> {
+    fn http_request(&self, ctx: &SendContext<'_>) -> Result<(Outgoing, Vec<String>), RenderError> {
         let (method, url, key) = self.url(ctx)?;
-        let recorded = redact_url_with(&url, ctx.postback.secrets());
+        let shown = redact_url_with(&url, ctx.postback.secrets());
+        let parts = secret_parts(&url, ctx.postback.secrets());
         let mut b = http::Request::builder()
             .method(match method {
                 HttpMethod::Get => http::Method::GET,
@@ -712,7 +800,13 @@ impl Delivery {
                 _ => RequestError::InvalidUrl(e.to_string()),
             })
         })?;
-        Ok((req, recorded))
+        Ok((
+            Outgoing {
+                request: req,
+                shown,
+            },
+            parts,
+        ))
     }
 
     /// What to do at `now`, with the postback as it is now. A returned [`Action::Send`] or
@@ -723,9 +817,13 @@ impl Delivery {
                 let made = self.http_request(ctx);
                 self.check = ctx.postback.response_check().cloned();
                 match made {
-                    Ok((req, url)) => {
-                        self.state = State::InFlight { since: now, url };
-                        Action::Send(req)
+                    Ok((out, parts)) => {
+                        self.state = State::InFlight {
+                            since: now,
+                            url: out.shown.clone(),
+                        };
+                        self.scrub = Scrub(parts);
+                        Action::Send(out)
                     }
                     Err(e) => {
                         let url = redact_url_with(
@@ -769,7 +867,9 @@ impl Delivery {
     ) -> Progress {
         let status = resp.status().as_u16();
         let body = resp.body();
-        let failure = if !resp.status().is_success() {
+        let failure = if matches!(status, 413 | 414 | 431) {
+            Some(FailureClass::Rejected(status))
+        } else if !resp.status().is_success() {
             Some(FailureClass::Status(status))
         } else if self.check.as_ref().is_some_and(|c| !c.accepts(body)) {
             Some(FailureClass::BodyCheck)
@@ -781,12 +881,13 @@ impl Delivery {
             .get(http::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| parse_retry_after(v, now));
-        let text = body_prefix(body);
+        let text = scrub_text(&body_prefix(body), &self.scrub.0);
         self.settle(now, Some(status), text, failure, retry_after, policy)
     }
 
     fn handle_failure(&mut self, now: DateTime<Utc>, f: Failure, policy: &RetryPolicy) -> Progress {
-        let text = f.detail().chars().take(BODY_PREFIX).collect();
+        let text: String = f.detail().chars().take(BODY_PREFIX).collect();
+        let text = scrub_text(&text, &self.scrub.0);
         self.settle(now, None, text, Some(f.class()), None, policy)
     }
 
@@ -823,8 +924,14 @@ impl Delivery {
             this.state = State::GaveUp { at: now, reason };
             Progress::GaveUp { reason, failure }
         };
+        self.scrub = Scrub::default();
         if self.is_test() {
             return give_up(self, GiveUpReason::TestFire);
+        }
+        // Our request, not the partner's server, is what failed: this delivery ends, reported,
+        // and the partner's postback is not blamed.
+        if matches!(failure, FailureClass::Rejected(_)) {
+            return give_up(self, GiveUpReason::Terminal { failure });
         }
         if counted {
             self.failures = self.failures.saturating_add(1);

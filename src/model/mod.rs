@@ -449,9 +449,9 @@ pub struct Postback {
     status: Status,
     description: String,
     delay: Duration,
+    /// Carries the postback's literal secrets too, so its own `Debug` redacts them.
     template: Template,
     response_check: Option<ResponseCheck>,
-    secrets: Vec<String>,
 }
 
 impl fmt::Debug for Postback {
@@ -462,10 +462,7 @@ impl fmt::Debug for Postback {
             .field("kind", &self.kind)
             .field("method", &self.method)
             .field("status", &self.status)
-            .field(
-                "template",
-                &crate::template::redact_url_with(self.template.as_str(), &self.secrets),
-            )
+            .field("template", &self.template)
             .finish_non_exhaustive()
     }
 }
@@ -495,7 +492,7 @@ impl Postback {
             catalog: Some(rebuild_catalog(&self.template)),
             template: Some(self.template.clone()),
             response_check: self.response_check.clone(),
-            secrets: self.secrets.clone(),
+            secrets: self.secrets().to_vec(),
         }
     }
 
@@ -554,7 +551,7 @@ impl Postback {
     /// Literal parts of the URL that are secrets (a tracker's key in the path, say): redacted
     /// from debug output and attempt records.
     pub fn secrets(&self) -> &[String] {
-        &self.secrets
+        self.template.secrets()
     }
     /// The URL (or code) expanded with [`SampleValues`](crate::template::SampleValues), with
     /// `{delivery_id}` written exactly as a send writes it: the key of a sample trigger for this
@@ -831,9 +828,8 @@ impl PostbackBuilder {
             status: self.status,
             description: self.description,
             delay: self.delay,
-            template,
+            template: template.with_secrets(self.secrets),
             response_check: self.response_check,
-            secrets: self.secrets,
         })
     }
 }
@@ -860,6 +856,7 @@ struct PostbackData {
 
 impl From<Postback> for PostbackData {
     fn from(p: Postback) -> Self {
+        let secrets = p.secrets().to_vec();
         PostbackData {
             id: p.id,
             scope: p.scope,
@@ -870,7 +867,7 @@ impl From<Postback> for PostbackData {
             delay_ms: u64::try_from(p.delay.as_millis()).unwrap_or(u64::MAX),
             template: p.template,
             response_check: p.response_check,
-            secrets: p.secrets,
+            secrets,
         }
     }
 }

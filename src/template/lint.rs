@@ -201,32 +201,33 @@ impl MacroValues for SampleValues {
     }
 }
 
-/// Whether a query parameter name suggests a secret.
+/// Parts of parameter names that mark a secret value.
+const SECRET_NAMES: [&str; 13] = [
+    "token", "key", "secret", "pass", "pwd", "sig", "auth", "hash", "hmac", "jwt", "bearer",
+    "session", "nonce",
+];
+
+/// Whether a parameter name suggests a secret. The name is read percent-decoded, so `to%6Ben`
+/// is `token` too.
 fn is_secret_key(key: &str) -> bool {
+    let decoded: std::borrow::Cow<'_, [u8]> = if key.contains('%') {
+        percent_encoding::percent_decode_str(key)
+            .collect::<Vec<u8>>()
+            .into()
+    } else {
+        key.as_bytes().into()
+    };
     // Case-insensitive substring search without a lower-cased copy: it runs on every send.
-    let k = key.as_bytes();
-    ["token", "key", "secret", "pass", "sig", "auth", "hash"]
-        .iter()
-        .any(|s| {
-            k.windows(s.len())
-                .any(|w| w.eq_ignore_ascii_case(s.as_bytes()))
-        })
+    SECRET_NAMES.iter().any(|s| {
+        decoded
+            .windows(s.len())
+            .any(|w| w.eq_ignore_ascii_case(s.as_bytes()))
+    })
 }
 
-/// The URL with the values of secret-looking query parameters (`token`, `key`, `secret`, ...)
-/// replaced by `***`, for logs and debug info.
-pub fn redact_url(url: &str) -> String {
-    let Some((head, rest)) = url.split_once('?') else {
-        return url.to_owned();
-    };
-    let (query, fragment) = match rest.split_once('#') {
-        Some((q, f)) => (q, Some(f)),
-        None => (rest, None),
-    };
-    let mut out = String::with_capacity(url.len());
-    out.push_str(head);
-    out.push('?');
-    for (i, pair) in query.split('&').enumerate() {
+/// `k=v&k=v` with the values of secret-looking names replaced by `***`, appended to `out`.
+fn redact_pairs(out: &mut String, pairs: &str) {
+    for (i, pair) in pairs.split('&').enumerate() {
         if i > 0 {
             out.push('&');
         }
@@ -238,9 +239,28 @@ pub fn redact_url(url: &str) -> String {
             _ => out.push_str(pair),
         }
     }
+}
+
+/// The URL with the values of secret-looking parameters (`token`, `key`, `secret`, `hmac`,
+/// `session`, ..., also percent-encoded) replaced by `***`, in the query and in the fragment, for
+/// logs and debug info.
+pub fn redact_url(url: &str) -> String {
+    let (before, fragment) = match url.split_once('#') {
+        Some((b, f)) => (b, Some(f)),
+        None => (url, None),
+    };
+    let mut out = String::with_capacity(url.len());
+    match before.split_once('?') {
+        Some((head, query)) => {
+            out.push_str(head);
+            out.push('?');
+            redact_pairs(&mut out, query);
+        }
+        None => out.push_str(before),
+    }
     if let Some(f) = fragment {
         out.push('#');
-        out.push_str(f);
+        redact_pairs(&mut out, f);
     }
     out
 }
@@ -249,14 +269,71 @@ pub fn redact_url(url: &str) -> String {
 /// replaced by `***`: for secrets that sit where no parameter name gives them away, such as
 /// Keitaro's postback key in the path.
 pub fn redact_url_with(url: &str, secrets: &[String]) -> String {
-    let mut out = redact_url(url);
+    scrub(&redact_url(url), &literal_forms(secrets))
+}
+
+/// Each secret as written and percent-encoded.
+fn literal_forms(secrets: &[String]) -> Vec<String> {
+    let mut forms = Vec::with_capacity(secrets.len() * 2);
     for secret in secrets.iter().filter(|s| !s.is_empty()) {
         let encoded: String =
             percent_encoding::utf8_percent_encode(secret, crate::template::COMPONENT_SET).collect();
-        for form in [secret.as_str(), encoded.as_str()] {
-            if out.contains(form) {
-                out = out.replace(form, "***");
+        if encoded != *secret {
+            forms.push(encoded);
+        }
+        forms.push(secret.clone());
+    }
+    forms
+}
+
+/// What must never appear in a record of a request to `url`: the values of its secret-looking
+/// parameters (as sent and decoded) and the postback's literal secrets (as written and
+/// encoded). Longest first, so a secret that contains another is replaced whole.
+pub(crate) fn secret_parts(url: &str, secrets: &[String]) -> Vec<String> {
+    let mut parts = literal_forms(secrets);
+    let query = url.split_once('?').map_or("", |(_, q)| q);
+    let query = query.split_once('#').map_or(query, |(q, _)| q);
+    for pair in query.split('&') {
+        if let Some((k, v)) = pair.split_once('=') {
+            if is_secret_key(k) && !v.is_empty() {
+                let decoded = percent_encoding::percent_decode_str(v).decode_utf8_lossy();
+                if decoded != v {
+                    parts.push(decoded.into_owned());
+                }
+                parts.push(v.to_owned());
             }
+        }
+    }
+    parts.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    parts.dedup();
+    parts
+}
+
+/// `text` with every occurrence of `parts` replaced by `***`, and every URL in it redacted
+/// ([`redact_url`]): for response bodies and transport error text, which may echo the request.
+pub(crate) fn scrub_text(text: &str, parts: &[String]) -> String {
+    let mut out = scrub(text, parts);
+    for scheme in ["https://", "http://"] {
+        let mut from = 0;
+        while let Some(i) = out[from..].find(scheme) {
+            let start = from + i;
+            let end = out[start..]
+                .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '<' | '>' | ')'))
+                .map_or(out.len(), |j| start + j);
+            let redacted = redact_url(&out[start..end]);
+            from = start + redacted.len();
+            out.replace_range(start..end, &redacted);
+        }
+    }
+    out
+}
+
+/// `text` with every occurrence of `parts` replaced by `***`.
+fn scrub(text: &str, parts: &[String]) -> String {
+    let mut out = text.to_owned();
+    for part in parts.iter().filter(|p| !p.is_empty()) {
+        if out.contains(part.as_str()) {
+            out = out.replace(part.as_str(), "***");
         }
     }
     out
@@ -273,6 +350,37 @@ mod tests {
             "https://x.com/a?cid=1&security_token=***&api_key=***&k=v#f"
         );
         assert_eq!(redact_url("https://x.com/a"), "https://x.com/a");
+    }
+
+    #[test]
+    fn secret_names_cover_hmac_jwt_pwd_bearer_session_nonce_encoded_names_and_fragments() {
+        for name in [
+            "hmac", "JWT", "pwd", "bearer_x", "session", "nonce", "to%6Ben", "x_Sig",
+        ] {
+            let url = format!("https://x.com/a?{name}=v1&cid=1#{name}=v2&k=v");
+            assert_eq!(
+                redact_url(&url),
+                format!("https://x.com/a?{name}=***&cid=1#{name}=***&k=v"),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn transport_error_text_loses_the_secrets_of_the_url_it_quotes() {
+        let url = "https://x.com/K3Y/pb?cid=1&token=s3cr%20et";
+        let parts = secret_parts(url, &["K3Y".to_owned()]);
+        let text = format!("error sending request for url ({url}): connection refused; s3cr et");
+        let clean = scrub_text(&text, &parts);
+        assert_eq!(
+            clean,
+            "error sending request for url (https://x.com/***/pb?cid=1&token=***): connection refused; ***"
+        );
+        // Another URL the text quotes is redacted by parameter name.
+        assert_eq!(
+            scrub_text("redirect to http://y.com/?auth=abc&q=1 refused", &[]),
+            "redirect to http://y.com/?auth=***&q=1 refused"
+        );
     }
 
     #[test]

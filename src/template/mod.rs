@@ -34,6 +34,7 @@ pub(crate) use encode::COMPONENT as COMPONENT_SET;
 pub use lint::{
     Lint, SAMPLE_CONVERSION_ID, SAMPLE_DELIVERY_ID, SampleValues, redact_url, redact_url_with,
 };
+pub(crate) use lint::{scrub_text, secret_parts};
 pub use money::{Amount, AmountError, Currency, CurrencyError};
 pub use syntax::{Dialect, UnknownDialect};
 pub use values::{
@@ -327,13 +328,15 @@ pub struct Template {
     segs: Box<[Seg]>,
     custom: Box<[(Box<str>, Macro)]>,
     lints: Box<[Lint]>,
+    /// Literal secrets of the source (set by the postback that owns it), redacted from `Debug`.
+    secrets: Box<[String]>,
 }
 
 impl fmt::Debug for Template {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The source may carry partner tokens in literal form; show its shape, not its secrets.
         f.debug_struct("Template")
-            .field("source", &redact_url(&self.source))
+            .field("source", &redact_url_with(&self.source, &self.secrets))
             .field("context", &self.context)
             .field("macros", &self.segs.len())
             .finish_non_exhaustive()
@@ -483,6 +486,7 @@ impl Template {
             segs: Box::default(),
             custom: custom.into_boxed_slice(),
             lints: Box::default(),
+            secrets: Box::default(),
         };
         let name_of = |m: Macro| t.name_in(m, catalog).into_owned();
         let (mut lits, segs) = match context {
@@ -561,6 +565,19 @@ impl Template {
     /// Warnings found at parse time: show them on a "test your postback" screen.
     pub fn lints(&self) -> &[Lint] {
         &self.lints
+    }
+
+    /// Literal secrets of the source, redacted from `Debug` and records (see
+    /// [`PostbackBuilder::secret`](crate::model::PostbackBuilder::secret)).
+    pub fn secrets(&self) -> &[String] {
+        &self.secrets
+    }
+
+    /// The same template, with `secrets` marked as its literal secrets.
+    #[must_use]
+    pub fn with_secrets(mut self, secrets: Vec<String>) -> Template {
+        self.secrets = secrets.into_boxed_slice();
+        self
     }
 
     /// The catalogue's own (non-built-in) macros this template uses.

@@ -447,6 +447,15 @@ impl StoredValues {
         self.text.len() + std::mem::size_of_val(&*self.slots)
     }
 
+    /// The length in bytes of `m`'s value if it is text (0 for none or a number).
+    pub fn text_len(&self, m: Macro) -> usize {
+        match self.value(m) {
+            Some(Value::Text(t)) => t.len(),
+            Some(Value::Encoded(e)) => e.as_str().len(),
+            _ => 0,
+        }
+    }
+
     fn get(&self, m: Macro) -> Option<Value<'_>> {
         let i = self.slots.binary_search_by_key(&m, |(k, _)| *k).ok()?;
         let text = |start: u32, end: u32| self.text.get(start as usize..end as usize);
