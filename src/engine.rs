@@ -48,7 +48,30 @@ use crate::template::{MacroValues, Pixel, StoredValues};
 pub use crate::delivery::Health;
 
 /// Why one postback could not fire.
-pub type FireError = RenderError;
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FireError {
+    /// Its request cannot be made from the trigger's values.
+    #[error(transparent)]
+    Render(#[from] RenderError),
+    /// The trigger would create more deliveries than [`EngineConfig::max_deliveries_per_trigger`].
+    #[error(
+        "this trigger would create more than {max} deliveries: the rest are not sent; check the partner's postbacks, or raise the limit"
+    )]
+    TooManyDeliveries {
+        /// The limit.
+        max: usize,
+    },
+    /// Every delivery id of this engine is taken.
+    #[error(
+        "the engine's delivery ids are exhausted: restore into a new engine (ids are local; delivery keys do not change)"
+    )]
+    IdsExhausted,
+}
+
+/// The shortest lease honoured, whatever the configuration says: a zero lease would send every
+/// request again at once.
+const MIN_LEASE: Duration = Duration::from_secs(1);
 
 /// How the engine delivers. Configuration, not state: a restored snapshot runs under the
 /// configuration given to [`Engine::restore`].
@@ -69,8 +92,9 @@ pub struct EngineConfig {
     /// the engine. Transports check resolved addresses against the same policy.
     pub net: NetPolicy,
     /// How long a request may be out before the engine takes it as lost (a crashed process, a
-    /// hung transport) and sends it again with the same key (default 5 minutes). Keep it longer
-    /// than your transport's timeout, or slow answers are sent twice.
+    /// hung transport) and sends it again with the same key (default 5 minutes; under one second
+    /// counts as one second). Keep it longer than your transport's timeout, or slow answers are
+    /// sent twice.
     pub lease: Duration,
     /// Finished deliveries kept per postback with their debug info, for
     /// [`Engine::finished_of`] (default 20).
@@ -133,7 +157,7 @@ impl EngineConfig {
         self.idempotency_header = Some(name.into());
         self
     }
-    /// Set the lease of a request in flight (at least one second).
+    /// Set the lease of a request in flight (a lease under one second counts as one second).
     #[must_use]
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = lease.max(Duration::from_secs(1));
@@ -324,9 +348,11 @@ pub enum EngineError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum RestoreError {
-    /// Two postbacks with one id.
-    #[error("the snapshot holds postback {0} twice: keep one of them")]
-    DuplicatePostback(PostbackId),
+    /// A finished delivery among the pending ones: it would block its key and never end.
+    #[error(
+        "the snapshot lists delivery {0} as pending, but it has finished: move it to the finished records or drop it"
+    )]
+    NotPending(DeliveryId),
     /// Two deliveries with one handle.
     #[error("the snapshot holds delivery {0} twice: keep one of them")]
     DuplicateDelivery(DeliveryId),
@@ -596,7 +622,7 @@ impl Engine {
                     postback: pid,
                     html,
                 }),
-                Some(Err(e)) => fired.errors.push((pid, e.into())),
+                Some(Err(e)) => fired.errors.push((pid, RenderError::from(e).into())),
                 None => self.fire(now, trigger, pid, values, false, &mut fired),
             }
         }
@@ -689,10 +715,11 @@ impl Engine {
         delay: Duration,
     ) -> Result<DeliveryId, FireError> {
         let pb = self.registry.get(key.postback()).expect("caller checked");
+        let next = self.next_id.checked_add(1).ok_or(FireError::IdsExhausted)?;
         let id = DeliveryId::new(self.next_id);
         let d = Box::new(Delivery::new(id, key, values, now, delay));
         d.request(&Self::send_context(&self.config, pb))?;
-        self.next_id = self.next_id.saturating_add(1);
+        self.next_id = next;
         self.insert(d);
         Ok(id)
     }
@@ -702,9 +729,10 @@ impl Engine {
     fn timer_of(&mut self, id: DeliveryId) -> Option<(&mut Timers, DateTime<Utc>)> {
         match self.deliveries.get(&id)?.state() {
             State::Scheduled { at } => Some((&mut self.timers, *at)),
-            State::InFlight { since, .. } => {
-                Some((&mut self.leases, add(*since, self.config.lease)))
-            }
+            State::InFlight { since, .. } => Some((
+                &mut self.leases,
+                add(*since, self.config.lease.max(MIN_LEASE)),
+            )),
             _ => None,
         }
     }
@@ -732,7 +760,10 @@ impl Engine {
     /// Remove a delivery that ended, remember its key and keep its record.
     fn finish(&mut self, id: DeliveryId) -> Option<Box<Delivery>> {
         self.unschedule(id);
-        let d = self.deliveries.remove(&id)?;
+        let mut d = self.deliveries.remove(&id)?;
+        // A finished delivery is a record: its values (which may be secrets) are no longer
+        // needed, and its events and kept records never carry them.
+        d.forget_values();
         let pid = d.postback();
         if let Some(set) = self.by_postback.get_mut(&pid) {
             set.remove(&id);
@@ -740,7 +771,10 @@ impl Engine {
                 self.by_postback.remove(&pid);
             }
         }
-        if self.config.remembered_keys > 0 {
+        // Test fires have keys of their own and their record in their event: they take no room
+        // from real deliveries. Nor does a delivery of a postback deleted while it was out.
+        let real = !d.is_test() && self.registry.get(pid).is_some();
+        if self.config.remembered_keys > 0 && real {
             if let Some(slot) = self.keys.get_mut(d.key()) {
                 *slot = None;
             }
@@ -749,12 +783,10 @@ impl Engine {
         } else {
             self.keys.remove(d.key());
         }
-        if self.config.finished_per_postback > 0 {
+        if self.config.finished_per_postback > 0 && real {
             let kept = self.finished.entry(pid).or_default();
             kept.push_back((*d).clone());
-            while kept.len() > self.config.finished_per_postback {
-                kept.pop_front();
-            }
+            trim_front(kept, self.config.finished_per_postback);
         }
         Some(d)
     }
@@ -833,7 +865,7 @@ impl Engine {
         id: DeliveryId,
         result: Result<http::Response<Vec<u8>>, Failure>,
     ) -> Result<(), EngineError> {
-        let lease = self.config.lease;
+        let lease = self.config.lease.max(MIN_LEASE);
         let d = self
             .deliveries
             .get_mut(&id)
@@ -864,7 +896,9 @@ impl Engine {
         }
         match progress {
             Progress::Delivered { .. } => {
-                self.health.entry(pid).or_default().record_success(now);
+                if self.registry.get(pid).is_some() {
+                    self.health.entry(pid).or_default().record_success(now);
+                }
                 if let Some(record) = self.finish(id) {
                     self.events.push_back(Event::Delivered { record });
                 }
@@ -928,6 +962,7 @@ impl Engine {
 
     /// End a delivery whose postback was deleted, and report it.
     fn abandon(&mut self, now: DateTime<Utc>, id: DeliveryId) {
+        // While the state still says where its timer is: `finish` no longer can.
         self.unschedule(id);
         if let Some(d) = self.deliveries.get_mut(&id) {
             d.abandon(now);
@@ -964,6 +999,10 @@ impl Engine {
             return;
         };
         let pid = key.postback();
+        // A postback deleted while the request was out has no health to keep.
+        if self.registry.get(pid).is_none() {
+            return;
+        }
         let reason = self.health.entry(pid).or_default().record_failure(
             now,
             &key,
@@ -1250,6 +1289,9 @@ impl Engine {
             }
         }
         for d in deliveries {
+            if d.is_finished() {
+                return Err(RestoreError::NotPending(d.id()));
+            }
             if e.deliveries.contains_key(&d.id()) {
                 return Err(RestoreError::DuplicateDelivery(d.id()));
             }
@@ -1276,11 +1318,16 @@ impl Engine {
         e.forget_old_keys();
         let cap = e.config.finished_per_postback;
         for kept in e.finished.values_mut() {
-            while kept.len() > cap {
-                kept.pop_front();
-            }
+            trim_front(kept, cap);
         }
         Ok(e)
+    }
+}
+
+/// Drop the oldest entries past `cap`.
+fn trim_front<T>(list: &mut VecDeque<T>, cap: usize) {
+    while list.len() > cap {
+        list.pop_front();
     }
 }
 

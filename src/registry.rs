@@ -406,9 +406,13 @@ impl Registry {
         Ok(old)
     }
 
-    /// Pause a postback (a person's decision): it takes no new triggers until resumed.
+    /// Pause a postback (a person's decision): it takes no new triggers until resumed. An
+    /// automatically disabled one is refused (it is off already; [`enable`](Self::enable) it).
     pub fn pause(&mut self, id: PostbackId) -> Result<Status, RegistryError> {
-        let next = self.status_of(id)?.pause();
+        let next = self
+            .status_of(id)?
+            .pause()
+            .map_err(|error| RegistryError::Status { id, error })?;
         self.set_status(id, next)
     }
 

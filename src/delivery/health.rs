@@ -63,10 +63,15 @@ impl Health {
                     && self.recent_failures.len() as u32 >= failures
                     && within)
                     .then(|| {
-                        format!(
-                            "{failures} consecutive failed deliveries within {} hours",
-                            window.as_secs() / 3600
-                        )
+                        let secs = window.as_secs();
+                        let span = if secs >= 3600 && secs % 3600 == 0 {
+                            format!("{} hours", secs / 3600)
+                        } else if secs >= 60 && secs % 60 == 0 {
+                            format!("{} minutes", secs / 60)
+                        } else {
+                            format!("{secs} seconds")
+                        };
+                        format!("{failures} consecutive failed deliveries within {span}")
                     })
             }
             DisablePolicy::Never => None,

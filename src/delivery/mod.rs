@@ -607,6 +607,7 @@ pub enum DeliveryError {
 pub struct Delivery {
     id: DeliveryId,
     key: DeliveryKey,
+    #[serde(default, skip_serializing_if = "StoredValues::is_empty")]
     values: StoredValues,
     created: DateTime<Utc>,
     state: State,
@@ -1027,6 +1028,12 @@ impl Delivery {
                 reason: GiveUpReason::PostbackDeleted,
             };
         }
+    }
+
+    /// Drop the values once the delivery is only a record (finished): they may hold secrets,
+    /// and nothing sends them again.
+    pub fn forget_values(&mut self) {
+        self.values = StoredValues::default();
     }
 
     /// Bytes held on the heap (capacity planning).

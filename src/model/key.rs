@@ -102,17 +102,7 @@ impl From<u64> for TriggerId {
     /// A numeric id, written in decimal.
     fn from(n: u64) -> Self {
         let mut buf = [0u8; 20];
-        let mut i = buf.len();
-        let mut n = n;
-        loop {
-            i -= 1;
-            buf[i] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        let digits = &buf[i..];
+        let digits = decimal(&mut buf, n);
         let mut bytes = [0; MAX_TRIGGER_ID];
         bytes[..digits.len()].copy_from_slice(digits);
         TriggerId {
@@ -276,8 +266,8 @@ impl DeliveryKey {
     }
 }
 
-fn push_decimal(out: &mut String, n: u64) {
-    let mut buf = [0u8; 20];
+/// `n` in decimal, written at the end of `buf`.
+fn decimal(buf: &mut [u8; 20], n: u64) -> &[u8] {
     let mut i = buf.len();
     let mut n = n;
     loop {
@@ -288,7 +278,12 @@ fn push_decimal(out: &mut String, n: u64) {
             break;
         }
     }
-    for &b in &buf[i..] {
+    &buf[i..]
+}
+
+fn push_decimal(out: &mut String, n: u64) {
+    let mut buf = [0u8; 20];
+    for &b in decimal(&mut buf, n) {
         out.push(char::from(b));
     }
 }
@@ -335,12 +330,17 @@ impl FromStr for DeliveryKey {
             .next()
             .and_then(|t| TriggerId::new(t).ok())
             .ok_or_else(bad)?;
-        Ok(DeliveryKey {
+        let key = DeliveryKey {
             trigger,
             postback,
             purpose,
             revision,
-        })
+        };
+        // One key, one text: `+1` or `007` would name the same key as `1` and `7`.
+        if key.to_text() != s {
+            return Err(bad());
+        }
+        Ok(key)
     }
 }
 

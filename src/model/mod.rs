@@ -291,7 +291,7 @@ pub enum StatusError {
     /// `enable` on a paused postback.
     #[error("the postback is paused by a person, not disabled: resume it instead")]
     Paused,
-    /// `resume` on an automatically disabled postback.
+    /// `resume` or `pause` on an automatically disabled postback.
     #[error(
         "the postback was disabled automatically after delivery failures ({reason}): enable it once the partner's server answers again"
     )]
@@ -312,9 +312,16 @@ impl Status {
         matches!(self, Status::Disabled { .. })
     }
 
-    /// A person pauses it: from active or disabled (a paused postback stays paused).
-    pub fn pause(&self) -> Status {
-        Status::Paused
+    /// A person pauses it (a paused postback stays paused). An automatically disabled one is
+    /// refused: it is off already, and pausing it would let a resume switch a failing partner
+    /// back on without the enable that says its server answers again.
+    pub fn pause(&self) -> Result<Status, StatusError> {
+        match self {
+            Status::Disabled { reason, .. } => Err(StatusError::Disabled {
+                reason: reason.clone(),
+            }),
+            _ => Ok(Status::Paused),
+        }
     }
 
     /// A person resumes it after a pause. An automatic disable is undone with
