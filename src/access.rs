@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{Level, ManagerId, PartnerId, Postback, PostbackId};
 use crate::registry::{Registry, RegistryError};
+use crate::template::Macro;
 
 /// Who asks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -82,28 +83,51 @@ impl fmt::Display for Operation {
 }
 
 /// The network's settings that govern partners.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(default)]
 #[non_exhaustive]
 pub struct Settings {
     /// Whether partners may create and change their own postbacks (default `true`; the
     /// network's Global Settings switch turns it off).
     pub partners_may_edit: bool,
+    /// Macros only the network may put in a postback: its confidential values. Default, as
+    /// Everflow gates them: `{revenue}`, `{sale_amount}`, `{adv1}`..`{adv10}`, `{session_ip}`.
+    pub network_only_macros: Vec<Macro>,
+    /// The most postbacks one partner may have, whoever creates them (default 100): one
+    /// partner's thousand postbacks would turn every conversion into a thousand requests.
+    pub max_postbacks_per_partner: usize,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings {
-            partners_may_edit: true,
-        }
+        Settings::partners_may_edit(true)
     }
 }
 
 impl Settings {
-    /// Settings with partner self-edit on or off.
-    pub const fn partners_may_edit(on: bool) -> Settings {
+    /// The default settings with partner self-edit on or off.
+    pub fn partners_may_edit(on: bool) -> Settings {
+        let mut network_only = vec![Macro::REVENUE, Macro::SALE_AMOUNT, Macro::SESSION_IP];
+        network_only.extend((1..=10).filter_map(Macro::adv));
         Settings {
             partners_may_edit: on,
+            network_only_macros: network_only,
+            max_postbacks_per_partner: 100,
         }
+    }
+
+    /// Set the macros only the network may use.
+    #[must_use]
+    pub fn network_only_macros(mut self, macros: impl IntoIterator<Item = Macro>) -> Settings {
+        self.network_only_macros = macros.into_iter().collect();
+        self
+    }
+
+    /// Set the most postbacks one partner may have.
+    #[must_use]
+    pub fn max_postbacks_per_partner(mut self, n: usize) -> Settings {
+        self.max_postbacks_per_partner = n;
+        self
     }
 }
 
@@ -137,6 +161,24 @@ pub enum AccessError {
         postback: PostbackId,
         /// What was asked.
         operation: Operation,
+    },
+    /// A partner's postback uses a macro that carries the network's confidential value.
+    #[error(
+        "{{{name}}} is the network's own value and partners may not send it to themselves: remove it from the URL, or ask a network manager"
+    )]
+    NetworkOnlyMacro {
+        /// The macro, as written.
+        name: String,
+    },
+    /// The partner has as many postbacks as the network allows.
+    #[error(
+        "partner {partner} has {max} postbacks, the most this network allows: delete one first, or ask a network manager to raise the limit"
+    )]
+    TooManyPostbacks {
+        /// The partner.
+        partner: PartnerId,
+        /// The limit.
+        max: usize,
     },
     /// An edit that changes the postback's id.
     #[error("an edit must keep the postback's id ({0}): create a new postback instead")]
@@ -180,6 +222,17 @@ pub fn authorize(
     if target.level() == Level::OfferGlobal {
         return Err(AccessError::NetworkOnly(op));
     }
+    if matches!(op, Operation::Create | Operation::Edit) {
+        if let Some(m) = target
+            .template()
+            .macros()
+            .find(|m| settings.network_only_macros.contains(m))
+        {
+            return Err(AccessError::NetworkOnlyMacro {
+                name: target.template().macro_name(m),
+            });
+        }
+    }
     match target.partner() {
         Some(owner) if owner == partner => Ok(()),
         owner => Err(AccessError::NotOwner {
@@ -193,7 +246,7 @@ pub fn authorize(
 
 /// Applies changes to a [`Registry`] on behalf of an actor, after [`authorize`], and returns the
 /// audit entry of each change. Nothing changes when the answer is an error.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Gatekeeper {
     /// The network's settings.
     pub settings: Settings,
@@ -201,7 +254,7 @@ pub struct Gatekeeper {
 
 impl Gatekeeper {
     /// A gatekeeper with these settings.
-    pub const fn new(settings: Settings) -> Gatekeeper {
+    pub fn new(settings: Settings) -> Gatekeeper {
         Gatekeeper { settings }
     }
 
@@ -214,6 +267,12 @@ impl Gatekeeper {
         postback: Postback,
     ) -> Result<AuditEntry, AccessError> {
         authorize(&self.settings, actor, Operation::Create, &postback)?;
+        if let Some(partner) = postback.partner() {
+            let max = self.settings.max_postbacks_per_partner;
+            if registry.count_of_partner(partner) >= max {
+                return Err(AccessError::TooManyPostbacks { partner, max });
+            }
+        }
         let id = postback.id();
         registry.insert(postback.clone())?;
         Ok(AuditEntry {

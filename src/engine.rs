@@ -108,6 +108,14 @@ pub struct EngineConfig {
     /// oversized sub value cannot make a partner's server answer 414 until the postback is
     /// disabled. A 413, 414 or 431 that comes back anyway ends that delivery, never counted.
     pub max_value_len: usize,
+    /// The most deliveries one trigger may create (default 20). Past it, each further postback
+    /// is reported in [`Fired::errors`] ([`FireError::TooManyDeliveries`]), not sent: a partner
+    /// with two thousand postbacks cannot turn one conversion into two thousand requests.
+    pub max_deliveries_per_trigger: usize,
+    /// The most requests in flight to one partner host (scheme, host and port) at a time
+    /// (default 8). A partner whose server never answers holds at most this many, and every
+    /// other partner's deliveries go out meanwhile; due deliveries beyond it wait their turn.
+    pub max_in_flight_per_host: usize,
 }
 
 impl Default for EngineConfig {
@@ -122,6 +130,8 @@ impl Default for EngineConfig {
             finished_per_postback: 20,
             remembered_keys: 100_000,
             max_value_len: 1024,
+            max_deliveries_per_trigger: 20,
+            max_in_flight_per_host: 8,
         }
     }
 }
@@ -179,6 +189,18 @@ impl EngineConfig {
     #[must_use]
     pub fn max_value_len(mut self, max: usize) -> Self {
         self.max_value_len = max;
+        self
+    }
+    /// Let one trigger create at most `n` deliveries.
+    #[must_use]
+    pub fn max_deliveries_per_trigger(mut self, n: usize) -> Self {
+        self.max_deliveries_per_trigger = n;
+        self
+    }
+    /// Keep at most `n` requests in flight to one partner host (at least 1).
+    #[must_use]
+    pub fn max_in_flight_per_host(mut self, n: usize) -> Self {
+        self.max_in_flight_per_host = n.max(1);
         self
     }
 }
@@ -441,6 +463,14 @@ pub struct TestFire {
 /// Deliveries by the time the engine needs them next.
 type Timers = BTreeSet<(DateTime<Utc>, DeliveryId)>;
 
+/// One partner host's share of the sending.
+#[derive(Debug, Clone, Default)]
+struct HostSlots {
+    in_flight: usize,
+    /// Due deliveries waiting for a slot, oldest first.
+    waiting: VecDeque<DeliveryId>,
+}
+
 /// Registry, deliveries and health in one sans-IO object. See the [module docs](self).
 ///
 /// Serializes as its state (no configuration); read it back with [`Snapshot`] and
@@ -458,6 +488,12 @@ pub struct Engine {
     /// When each request in flight loses its lease: apart from `timers`, since it holds only the
     /// few requests out at a time and changes on every send and answer.
     leases: Timers,
+    /// Requests in flight and due deliveries waiting for a slot, per partner host.
+    hosts: IdMap<Box<str>, HostSlots>,
+    /// The host of each request in flight that holds a slot.
+    sending: IdMap<DeliveryId, Box<str>>,
+    /// The host whose queue each waiting delivery is in (it is out of `timers` meanwhile).
+    parked: IdMap<DeliveryId, Box<str>>,
     /// Unfinished deliveries per postback (derived from `deliveries`).
     by_postback: IdMap<PostbackId, BTreeSet<DeliveryId>>,
     /// Every key known: an unfinished delivery's with its handle, a remembered finished one's
@@ -493,6 +529,9 @@ impl Engine {
             deliveries: BTreeMap::new(),
             timers: BTreeSet::new(),
             leases: BTreeSet::new(),
+            hosts: IdMap::default(),
+            sending: IdMap::default(),
+            parked: IdMap::default(),
             by_postback: IdMap::default(),
             keys: IdMap::default(),
             done_keys: VecDeque::new(),
@@ -647,6 +686,13 @@ impl Engine {
             fired.duplicates.push((pid, key));
             return;
         }
+        let max = self.config.max_deliveries_per_trigger;
+        if fired.deliveries.len() + fired.held.len() >= max {
+            fired
+                .errors
+                .push((pid, FireError::TooManyDeliveries { max }));
+            return;
+        }
         let Some(pb) = self.registry.get(pid) else {
             return;
         };
@@ -738,8 +784,34 @@ impl Engine {
     }
 
     fn unschedule(&mut self, id: DeliveryId) {
+        if let Some(host) = self.parked.remove(&id) {
+            if let Some(slots) = self.hosts.get_mut(&host) {
+                slots.waiting.retain(|w| *w != id);
+            }
+            return;
+        }
         if let Some((set, at)) = self.timer_of(id) {
             set.remove(&(at, id));
+        }
+    }
+
+    /// A request in flight ended (answered, or its lease ran out): its host's slot goes to the
+    /// delivery that waited longest for it.
+    fn release_slot(&mut self, id: DeliveryId) {
+        let Some(host) = self.sending.remove(&id) else {
+            return;
+        };
+        let Some(slots) = self.hosts.get_mut(&host) else {
+            return;
+        };
+        slots.in_flight = slots.in_flight.saturating_sub(1);
+        let next = slots.waiting.pop_front();
+        if slots.in_flight == 0 && slots.waiting.is_empty() {
+            self.hosts.remove(&host);
+        }
+        if let Some(next) = next {
+            self.parked.remove(&next);
+            self.schedule(next);
         }
     }
 
@@ -806,6 +878,7 @@ impl Engine {
         loop {
             if let Some(&(at, id)) = self.leases.first().filter(|(at, _)| *at <= now) {
                 self.leases.remove(&(at, id));
+                self.release_slot(id);
                 if let Some(progress) = self
                     .deliveries
                     .get_mut(&id)
@@ -829,14 +902,42 @@ impl Engine {
             if self.park_if_off(now, id, pid, test) {
                 continue;
             }
-            let (Some(d), Some(pb)) = (self.deliveries.get_mut(&id), self.registry.get(pid)) else {
+            let Some(pb) = self.registry.get(pid) else {
                 continue;
             };
-            let action = d.poll(now, &Self::send_context(&self.config, pb));
+            let host: Box<str> = pb.template().origin().into();
+            let slots = self.hosts.get(&host).map_or(0, |s| s.in_flight);
+            if slots >= self.config.max_in_flight_per_host.max(1) {
+                // This host has its share out: wait for one of them, not for the clock.
+                self.hosts
+                    .entry(host.clone())
+                    .or_default()
+                    .waiting
+                    .push_back(id);
+                self.parked.insert(id, host);
+                continue;
+            }
+            // The network policy on every path: also for postbacks that never went through
+            // `create` or `edit` (a registry built by hand), and for the ports it allows.
+            let refused = self.config.net.check_url(&host).err();
+            let Some(d) = self.deliveries.get_mut(&id) else {
+                continue;
+            };
+            let action = match refused {
+                Some(e) => match d.poll(now, &Self::send_context(&self.config, pb)) {
+                    Action::Send(_) | Action::Unsendable(_) => {
+                        Action::Unsendable(Failure::Forbidden(e.to_string()))
+                    }
+                    other => other,
+                },
+                None => d.poll(now, &Self::send_context(&self.config, pb)),
+            };
             let key = *d.key();
             match action {
                 Action::Send(out) => {
                     self.schedule(id);
+                    self.hosts.entry(host.clone()).or_default().in_flight += 1;
+                    self.sending.insert(id, host);
                     let shown = out.redacted_url().to_owned();
                     return Some(Transmit {
                         delivery: id,
@@ -878,6 +979,7 @@ impl Engine {
         if let Some(since) = since {
             self.leases.remove(&(add(since, lease), id));
         }
+        self.release_slot(id);
         self.progress(now, id, progress);
         Ok(())
     }
@@ -1083,6 +1185,7 @@ impl Engine {
             .collect();
         for &id in &ids {
             self.unschedule(id);
+            self.release_slot(id);
             let Some(d) = self.deliveries.get_mut(&id) else {
                 continue;
             };
@@ -1124,7 +1227,7 @@ impl Engine {
     }
 
     fn gatekeeper(&self) -> Gatekeeper {
-        Gatekeeper::new(self.config.access)
+        Gatekeeper::new(self.config.access.clone())
     }
 
     /// Add a postback on behalf of `actor`.
@@ -1299,6 +1402,20 @@ impl Engine {
                 return Err(RestoreError::DuplicateKey(*d.key()));
             }
             e.insert(Box::new(d));
+        }
+        // Requests that were out hold their host's slots until their leases run out.
+        let out: Vec<(DeliveryId, Box<str>)> = e
+            .deliveries
+            .values()
+            .filter(|d| matches!(d.state(), State::InFlight { .. }))
+            .filter_map(|d| {
+                let pb = e.registry.get(d.postback())?;
+                Some((d.id(), pb.template().origin().into()))
+            })
+            .collect();
+        for (id, host) in out {
+            e.hosts.entry(host.clone()).or_default().in_flight += 1;
+            e.sending.insert(id, host);
         }
         for key in remembered_keys {
             // A finished key that is also pending would let one conversion be sent twice.

@@ -304,6 +304,8 @@ pub struct Registry {
     postbacks: IdMap<PostbackId, Postback>,
     /// Ids per key, sorted, so resolutions list postbacks in a stable order.
     index: IdMap<Key, Vec<PostbackId>>,
+    /// Postbacks per partner (partner-global and specific), for the network's quota.
+    per_partner: IdMap<PartnerId, usize>,
     precedence: Precedence,
 }
 
@@ -476,14 +478,30 @@ impl Registry {
         self.postbacks.values()
     }
 
+    /// How many postbacks `partner` has (partner-global and specific).
+    pub fn count_of_partner(&self, partner: PartnerId) -> usize {
+        self.per_partner.get(&partner).copied().unwrap_or(0)
+    }
+
     fn link(&mut self, p: &Postback) {
         let ids = self.index.entry(Key::of(p)).or_default();
         if let Err(i) = ids.binary_search(&p.id()) {
             ids.insert(i, p.id());
+            if let Some(partner) = p.partner() {
+                *self.per_partner.entry(partner).or_default() += 1;
+            }
         }
     }
 
     fn unlink(&mut self, p: &Postback) {
+        if let Some(partner) = p.partner() {
+            if let Some(n) = self.per_partner.get_mut(&partner) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.per_partner.remove(&partner);
+                }
+            }
+        }
         let key = Key::of(p);
         if let Some(ids) = self.index.get_mut(&key) {
             ids.retain(|&i| i != p.id());

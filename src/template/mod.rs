@@ -580,6 +580,20 @@ impl Template {
         self
     }
 
+    /// `scheme://host[:port]` of a URL template (always literal: macros in the authority are
+    /// refused); empty for HTML code.
+    pub fn origin(&self) -> &str {
+        let text = self.text();
+        match (self.context, text.find("://")) {
+            (Context::Url, Some(i)) => {
+                let rest = &text[i + 3..];
+                let end = rest.find(['/', '?', '#']).map_or(text.len(), |j| i + 3 + j);
+                &text[..end]
+            }
+            _ => "",
+        }
+    }
+
     /// The catalogue's own (non-built-in) macros this template uses.
     pub fn custom_macros(&self) -> impl Iterator<Item = Macro> + '_ {
         self.custom.iter().map(|(_, m)| *m)
