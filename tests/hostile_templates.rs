@@ -50,7 +50,9 @@ fn a_full_template_of_repeated_parameters_flags_each_name_once_in_written_order(
 
 #[test]
 fn a_full_template_of_distinct_parameters_has_no_duplicate_lint() {
-    let (src, n) = fill("https://t.example/pb?cid={sub1}", |i| format!("&{}=", key(i)));
+    let (src, n) = fill("https://t.example/pb?cid={sub1}", |i| {
+        format!("&{}=", key(i))
+    });
     assert!(n > 4000, "{n}");
     let t = Template::parse(&src).unwrap();
     assert!(
@@ -160,7 +162,9 @@ fn a_stored_template_listing_more_custom_macros_than_a_template_can_hold_is_refu
 #[test]
 fn a_stored_template_binding_one_id_to_two_names_is_refused() {
     let json = r#"{"source":"https://t.example/pb?cid={sub1}&a={x}","custom_macros":[["x",1024],["y",1024]]}"#;
-    let err = serde_json::from_str::<Template>(json).unwrap_err().to_string();
+    let err = serde_json::from_str::<Template>(json)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("custom macro `y` clashes"), "{err}");
 }
 

@@ -487,7 +487,10 @@ mod tests {
         let json = serde_json::to_string(&c).unwrap();
         assert_eq!(
             json,
-            format!(r#"{{"custom":["clickref"],"click_ids":[{},11,{}]}}"#, a.0, a.0)
+            format!(
+                r#"{{"custom":["clickref"],"click_ids":[{},11,{}]}}"#,
+                a.0, a.0
+            )
         );
         let back: Catalog = serde_json::from_str(&json).unwrap();
         assert_eq!(back, c);
@@ -497,7 +500,9 @@ mod tests {
         assert_eq!(back.click_id_macros(), [a, Macro::SUB2, a]);
         let names: Vec<String> = (0..=CUSTOM_LIMIT).map(|i| format!("\"c{i}\"")).collect();
         let json = format!(r#"{{"custom":[{}],"click_ids":[]}}"#, names.join(","));
-        let err = serde_json::from_str::<Catalog>(&json).unwrap_err().to_string();
+        let err = serde_json::from_str::<Catalog>(&json)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("too many custom macros"), "{err}");
     }
 
