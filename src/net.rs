@@ -171,7 +171,8 @@ impl NetPolicy {
         self
     }
 
-    /// Why `ip` is forbidden, if it is. IPv4-mapped, IPv4-compatible, NAT64 and 6to4 IPv6
+    /// Why `ip` is forbidden, if it is. IPv4-mapped, IPv4-compatible, NAT64 (`64:ff9b::/96`),
+    /// local-use NAT64 (`64:ff9b:1::/48`, the IPv4 address in the last 32 bits) and 6to4 IPv6
     /// addresses are judged by the IPv4 address inside them.
     pub fn check_ip(&self, ip: IpAddr) -> Result<(), NetError> {
         let refuse = |range| Err(NetError::Forbidden { addr: ip, range });
@@ -242,7 +243,8 @@ impl NetPolicy {
 }
 
 /// The IPv4 address carried inside an IPv6 one: mapped (`::ffff:a.b.c.d`), compatible
-/// (`::a.b.c.d`, except `::` and `::1`), NAT64 (`64:ff9b::a.b.c.d`) or 6to4 (`2002:AABB:CCDD::`).
+/// (`::a.b.c.d`, except `::` and `::1`), NAT64 (`64:ff9b::a.b.c.d`), local-use NAT64
+/// (`64:ff9b:1:…:a.b.c.d`, the last 32 bits) or 6to4 (`2002:AABB:CCDD::`).
 fn embedded_v4(a: Ipv6Addr) -> Option<Ipv4Addr> {
     let s = a.segments();
     let tail = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
@@ -251,6 +253,10 @@ fn embedded_v4(a: Ipv6Addr) -> Option<Ipv4Addr> {
         [0, 0, 0, 0, 0, 0, 0, 0] | [0, 0, 0, 0, 0, 0, 0, 1] => None,
         [0, 0, 0, 0, 0, 0, _, _] => Some(tail),
         [0x64, 0xff9b, 0, 0, 0, 0, _, _] => Some(tail),
+        // Local-use NAT64 (RFC 8215). RFC 6052 would place the IPv4 address of a /48 prefix in
+        // bits 48..56 and 64..88; deployments of this prefix use the /96 layout, so the last 32
+        // bits are read as the address, whatever the bits between hold.
+        [0x64, 0xff9b, 1, ..] => Some(tail),
         [0x2002, hi, lo, ..] => Some(Ipv4Addr::new(
             (hi >> 8) as u8,
             hi as u8,
@@ -312,6 +318,38 @@ mod tests {
         ] {
             assert!(!forbidden(ip), "{ip} should be allowed");
         }
+    }
+
+    #[test]
+    fn local_use_nat64_is_judged_by_its_last_32_bits() {
+        for ip in [
+            "64:ff9b:1::7f00:1",
+            "64:ff9b:1::127.0.0.1",
+            "64:ff9b:1:0:0:0:a00:1",
+            "64:ff9b:1::10.1.2.3",
+            "64:FF9B:1::A9FE:A9FE",
+            "0064:ff9b:0001:0000:0000:0000:a9fe:a9fe",
+            "64:ff9b:1:ffff:ffff:ffff:a9fe:a9fe",
+            "64:ff9b:1:2:3:4:192.168.0.1",
+        ] {
+            assert!(forbidden(ip), "{ip} should be forbidden");
+        }
+        for ip in ["64:ff9b:1::808:808", "64:ff9b:1:abcd::1.1.1.1"] {
+            assert!(!forbidden(ip), "{ip} should be allowed");
+        }
+        // Only 64:ff9b:1::/48: its neighbour is an ordinary address.
+        assert!(!forbidden("64:ff9b:2::7f00:1"));
+        let err = NetPolicy::default().check_ip("64:ff9b:1::a9fe:a9fe".parse().unwrap());
+        assert_eq!(
+            err,
+            Err(NetError::Forbidden {
+                addr: "64:ff9b:1::a9fe:a9fe".parse().unwrap(),
+                range: "link-local (cloud metadata)",
+            })
+        );
+        let dev = NetPolicy::default().allow_loopback();
+        assert!(!dev.is_forbidden("64:ff9b:1::7f00:1".parse().unwrap()));
+        assert!(dev.is_forbidden("64:ff9b:1::a00:1".parse().unwrap()));
     }
 
     #[test]

@@ -330,3 +330,62 @@ proptest! {
         }
     }
 }
+
+/// RFC 3986 `pchar` apart from `pct-encoded`: unreserved, sub-delims, `:` and `@`.
+fn is_pchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@".contains(&b)
+}
+
+/// Whether a path segment holds only `pchar`: those bytes and well-formed `%XX` escapes.
+fn only_pchar(seg: &str) -> bool {
+    let b = seg.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            if !(i + 2 < b.len() && b[i + 1].is_ascii_hexdigit() && b[i + 2].is_ascii_hexdigit()) {
+                return false;
+            }
+            i += 3;
+        } else if is_pchar(b[i]) {
+            i += 1;
+        } else {
+            return false;
+        }
+    }
+    true
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn a_value_in_a_path_position_leaves_only_pchar_bytes_in_its_segment(
+        whole in value(),
+        part in value(),
+    ) {
+        let t = Template::parse("https://t.example/p/{sub2}/x{sub3}y/end?cid={sub1}").unwrap();
+        let v = ValueMap::new()
+            .with(Macro::SUB1, "c")
+            .with(Macro::SUB2, whole.as_str())
+            .with(Macro::SUB3, part.as_str());
+        match t.expand(&v) {
+            Ok(url) => {
+                let path = url.strip_prefix("https://t.example/").unwrap();
+                let (path, query) = path.split_once('?').unwrap();
+                prop_assert_eq!(query, "cid=c");
+                let segs: Vec<&str> = path.split('/').collect();
+                prop_assert_eq!(segs.len(), 4, "{}", url);
+                prop_assert_eq!((segs[0], segs[3]), ("p", "end"));
+                let part = format!("x{part}y");
+                for (seg, value) in [(segs[1], whole.as_str()), (segs[2], part.as_str())] {
+                    prop_assert!(only_pchar(seg), "{:?} in {}", seg, url);
+                    prop_assert_eq!(decode(seg), value);
+                }
+            }
+            Err(e) => {
+                prop_assert!(whole == "." || whole == "..", "{e}");
+                prop_assert_eq!(e, ExpandError::DotSegment("sub2".into()));
+            }
+        }
+    }
+}

@@ -248,7 +248,7 @@ struct OutboundData {
     method: HttpMethod,
     url: String,
     headers: Vec<(String, String)>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::model::secrets_at_most")]
     secrets: Vec<String>,
 }
 

@@ -380,6 +380,11 @@ impl ResponseCheck {
 /// The longest firing delay: five minutes, as Everflow allows.
 pub const MAX_DELAY: Duration = Duration::from_secs(300);
 
+/// The most literal secrets one postback may carry ([`PostbackBuilder::secret`]). Every send
+/// redacts each of them from its records, so the cost of a send grows with their number; a URL
+/// holds a key or two, not hundreds.
+pub const MAX_SECRETS: usize = 16;
+
 /// A postback that cannot be configured. Each message says how to fix it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -442,6 +447,16 @@ pub enum ConfigError {
         "the click id macro {0} stands only in the `#fragment`, which is never sent to the partner's server: move it into the query"
     )]
     ClickIdInFragment(String),
+    /// More literal secrets than [`MAX_SECRETS`].
+    #[error(
+        "the postback marks {count} secrets; the limit is {max}: mark only the literal keys its URL carries"
+    )]
+    TooManySecrets {
+        /// How many were given.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
 }
 
 /// A validated postback. Build one with [`Postback::builder`]; change one with
@@ -594,8 +609,9 @@ impl Postback {
 fn rebuild_catalog(template: &Template) -> Catalog {
     let mut catalog = template.catalog();
     let mut click: Vec<_> = Catalog::standard().click_id_macros().to_vec();
+    let mut seen: std::collections::BTreeSet<_> = click.iter().copied().collect();
     for m in catalog.click_id_macros() {
-        if !click.contains(m) {
+        if seen.insert(*m) {
             click.push(*m);
         }
     }
@@ -744,10 +760,13 @@ impl PostbackBuilder {
     }
 
     /// Mark literal text of the URL as a secret, to be redacted from debug output and attempt
-    /// records (query values named like `token` or `key` are redacted anyway).
+    /// records (query values named like `token` or `key` are redacted anyway). At most
+    /// [`MAX_SECRETS`]: [`build`](Self::build) refuses more.
     pub fn secret(mut self, s: impl Into<String>) -> Self {
         let s = s.into();
-        if !s.is_empty() && !self.secrets.contains(&s) {
+        // Past the limit the build refuses anyway: stop comparing, so a caller adding a million
+        // secrets costs a million pushes, not a million scans.
+        if !s.is_empty() && (self.secrets.len() > MAX_SECRETS || !self.secrets.contains(&s)) {
             self.secrets.push(s);
         }
         self
@@ -797,6 +816,12 @@ impl PostbackBuilder {
         let chars = self.description.chars().count();
         if chars > 1000 {
             return Err(ConfigError::DescriptionTooLong(chars));
+        }
+        if self.secrets.len() > MAX_SECRETS {
+            return Err(ConfigError::TooManySecrets {
+                count: self.secrets.len(),
+                max: MAX_SECRETS,
+            });
         }
         let context = if method == Method::HtmlCode {
             Context::Html
@@ -857,8 +882,19 @@ struct PostbackData {
     template: Template,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     response_check: Option<ResponseCheck>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "secrets_at_most"
+    )]
     secrets: Vec<String>,
+}
+
+/// At most [`MAX_SECRETS`] secrets, refused while reading.
+pub(crate) fn secrets_at_most<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<String>, D::Error> {
+    crate::template::AtMost::<String, MAX_SECRETS>::deserialize_as(d, "secrets").map(|v| v.0)
 }
 
 impl From<Postback> for PostbackData {
@@ -895,7 +931,11 @@ impl TryFrom<PostbackData> for Postback {
         b.source = Some(d.template.as_str().to_owned());
         b.template = Some(d.template);
         b.response_check = d.response_check;
-        b.secrets = d.secrets;
+        // Through `secret`, so a stored list is cleaned as a built one is (no empty or repeated
+        // entries).
+        for secret in d.secrets {
+            b = b.secret(secret);
+        }
         b.build()
     }
 }

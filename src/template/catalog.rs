@@ -1,6 +1,7 @@
 //! The macro catalogue: which names a template may use, bound to small ids at parse time so that
 //! expansion never hashes a name.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -234,10 +235,55 @@ pub enum CatalogError {
 /// Also says which macros carry a click id: a server-to-server postback must contain one, or the
 /// partner cannot credit the conversion.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "CatalogData", into = "CatalogData")]
 pub struct Catalog {
+    custom: Vec<Box<str>>,
+    /// `custom` by name, for lookups in O(log n) (a B-tree: names are text, and no hash seed).
+    by_name: BTreeMap<Box<str>, u16>,
+    click_ids: Vec<Macro>,
+    /// `click_ids` sorted and deduplicated, for [`Catalog::is_click_id`] by binary search.
+    click_sorted: Vec<Macro>,
+}
+
+/// The serialized form of a [`Catalog`]: its custom names and click-id macros.
+#[derive(Serialize, Deserialize)]
+struct CatalogData {
     custom: Vec<Box<str>>,
     click_ids: Vec<Macro>,
 }
+
+impl From<Catalog> for CatalogData {
+    fn from(c: Catalog) -> Self {
+        CatalogData {
+            custom: c.custom,
+            click_ids: c.click_ids,
+        }
+    }
+}
+
+impl TryFrom<CatalogData> for Catalog {
+    type Error = CatalogError;
+    fn try_from(d: CatalogData) -> Result<Self, Self::Error> {
+        if d.custom.len() > CUSTOM_LIMIT {
+            return Err(CatalogError::Full(CUSTOM_LIMIT));
+        }
+        let mut c = Catalog {
+            custom: Vec::with_capacity(d.custom.len()),
+            by_name: BTreeMap::new(),
+            click_ids: Vec::new(),
+            click_sorted: Vec::new(),
+        };
+        for (i, name) in d.custom.iter().enumerate() {
+            // In the limit, so the id fits.
+            c.register_at(name, Macro(FIRST_CUSTOM + i as u16));
+        }
+        c.set_click_id_macros(d.click_ids);
+        Ok(c)
+    }
+}
+
+/// How many custom macros a catalogue can hold: the ids above the built-ins.
+const CUSTOM_LIMIT: usize = (u16::MAX - FIRST_CUSTOM) as usize;
 
 impl fmt::Debug for Catalog {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -269,6 +315,9 @@ impl Catalog {
         click_ids.extend((1..=10).filter_map(Macro::sub));
         Catalog {
             custom: Vec::new(),
+            by_name: BTreeMap::new(),
+            // Already sorted: id 1, then 10..=19.
+            click_sorted: click_ids.clone(),
             click_ids,
         }
     }
@@ -286,12 +335,13 @@ impl Catalog {
         if self.lookup(name).is_some() {
             return Err(CatalogError::Duplicate(name.to_owned()));
         }
-        let limit = (u16::MAX - FIRST_CUSTOM) as usize;
-        if self.custom.len() >= limit {
-            return Err(CatalogError::Full(limit));
+        if self.custom.len() >= CUSTOM_LIMIT {
+            return Err(CatalogError::Full(CUSTOM_LIMIT));
         }
+        let id = self.custom.len() as u16;
         self.custom.push(name.into());
-        Ok(Macro(FIRST_CUSTOM + (self.custom.len() - 1) as u16))
+        self.by_name.insert(name.into(), id);
+        Ok(Macro(FIRST_CUSTOM + id))
     }
 
     /// Bind `name` to exactly `m` (restoring a serialized template). Holes left below `m` hold
@@ -300,21 +350,32 @@ impl Catalog {
         if m.is_builtin() {
             return;
         }
-        let i = usize::from(m.0 - FIRST_CUSTOM);
+        let id = m.0 - FIRST_CUSTOM;
+        let i = usize::from(id);
         if self.custom.len() <= i {
             self.custom.resize(i + 1, Box::from(""));
         }
-        self.custom[i] = name.into();
+        let old = std::mem::replace(&mut self.custom[i], name.into());
+        if self.by_name.get(&old) == Some(&id) {
+            self.by_name.remove(&old);
+        }
+        // A name bound twice resolves to its lowest id, as a scan from the front would.
+        if !name.is_empty() && self.by_name.get(name).is_none_or(|&j| j > id) {
+            self.by_name.insert(name.into(), id);
+        }
     }
 
     /// Replace the set of macros that count as carrying a click id.
     pub fn set_click_id_macros(&mut self, macros: impl IntoIterator<Item = Macro>) {
         self.click_ids = macros.into_iter().collect();
+        self.click_sorted.clone_from(&self.click_ids);
+        self.click_sorted.sort_unstable();
+        self.click_sorted.dedup();
     }
 
     /// Whether `m` carries a click id.
     pub fn is_click_id(&self, m: Macro) -> bool {
-        self.click_ids.contains(&m)
+        self.click_sorted.binary_search(&m).is_ok()
     }
 
     /// The macros that carry a click id.
@@ -327,13 +388,7 @@ impl Catalog {
         if let Ok(i) = BUILTINS.binary_search_by(|(n, _)| (*n).cmp(name)) {
             return Some(BUILTINS[i].1);
         }
-        if name.is_empty() {
-            return None;
-        }
-        self.custom
-            .iter()
-            .position(|n| &**n == name)
-            .map(|i| Macro(FIRST_CUSTOM + i as u16))
+        self.by_name.get(name).map(|&id| Macro(FIRST_CUSTOM + id))
     }
 
     /// The name of a macro, built-in or registered here.
@@ -360,7 +415,10 @@ impl Catalog {
             return Some(n.to_owned());
         }
         let lower = name.to_ascii_lowercase();
+        // The edit distance is at least the difference in length: names further apart than the
+        // limit are skipped unmeasured, so a long name costs no more than a short one.
         self.names()
+            .filter(|n| n.len().abs_diff(lower.len()) <= 3)
             .map(|n| (edit_distance(&lower, n), n))
             .filter(|(d, _)| *d <= 3 && *d < lower.len())
             .min_by_key(|(d, _)| *d)
@@ -419,6 +477,54 @@ mod tests {
             Some("transaction_id")
         );
         assert_eq!(c.suggest("zzzzzzzzzz"), None);
+    }
+
+    #[test]
+    fn catalogue_round_trips_and_refuses_more_customs_than_ids() {
+        let mut c = Catalog::standard();
+        let a = c.register("clickref").unwrap();
+        c.set_click_id_macros([a, Macro::SUB2, a]);
+        let json = serde_json::to_string(&c).unwrap();
+        assert_eq!(
+            json,
+            format!(
+                r#"{{"custom":["clickref"],"click_ids":[{},11,{}]}}"#,
+                a.0, a.0
+            )
+        );
+        let back: Catalog = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, c);
+        assert_eq!(back.lookup("clickref"), Some(a));
+        assert!(back.is_click_id(a) && back.is_click_id(Macro::SUB2));
+        assert!(!back.is_click_id(Macro::SUB1));
+        assert_eq!(back.click_id_macros(), [a, Macro::SUB2, a]);
+        let names: Vec<String> = (0..=CUSTOM_LIMIT).map(|i| format!("\"c{i}\"")).collect();
+        let json = format!(r#"{{"custom":[{}],"click_ids":[]}}"#, names.join(","));
+        let err = serde_json::from_str::<Catalog>(&json)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("too many custom macros"), "{err}");
+    }
+
+    #[test]
+    fn rebinding_an_id_forgets_its_old_name() {
+        let mut c = Catalog::standard();
+        let a = c.register("old").unwrap();
+        c.register_at("new", a);
+        assert_eq!(c.lookup("old"), None);
+        assert_eq!(c.lookup("new"), Some(a));
+        c.register_at("later", Macro(a.0 + 3));
+        assert_eq!(c.lookup(""), None);
+        assert_eq!(c.name(Macro(a.0 + 1)), Some(""));
+        assert_eq!(c.lookup("later"), Some(Macro(a.0 + 3)));
+    }
+
+    #[test]
+    fn suggestions_skip_names_too_far_in_length() {
+        let c = Catalog::standard();
+        assert_eq!(c.suggest("sub1xyz").as_deref(), Some("sub1"));
+        assert_eq!(c.suggest("sub1xyzw"), None);
+        assert_eq!(c.suggest(&"a".repeat(30_000)), None);
     }
 
     #[test]

@@ -20,10 +20,28 @@ const USERINFO: &AsciiSet = &PATH
 /// WHATWG component set: for values in a query key or value. `& = + # ? /` are all encoded, so
 /// a value can never add, end or alter a parameter.
 pub(crate) const COMPONENT: &AsciiSet = &USERINFO.add(b'$').add(b'%').add(b'&').add(b'+').add(b',');
-/// The path-segment set: the path set plus `/`, `\\` (which URL parsers read as `/`) and `%`, so
-/// a value stays one segment.
+/// The path-segment set: everything but RFC 3986 `pchar` (unreserved, sub-delims
+/// `!$&'()*+,;=`, `:` and `@`). So `/`, `\\` (which URL parsers read as `/`), `%`, `?`, `#`,
+/// `[`, `]`, `|` and the rest are encoded, and a value stays one valid segment.
 #[cfg_attr(not(test), allow(dead_code))] // the oracle for `ESCAPE`
-pub(crate) const PATH_SEGMENT: &AsciiSet = &PATH.add(b'/').add(b'\\').add(b'%');
+pub(crate) const PATH_SEGMENT: &AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b'!')
+    .remove(b'$')
+    .remove(b'&')
+    .remove(b'\'')
+    .remove(b'(')
+    .remove(b')')
+    .remove(b'*')
+    .remove(b'+')
+    .remove(b',')
+    .remove(b';')
+    .remove(b'=')
+    .remove(b':')
+    .remove(b'@');
 /// Everything but the unreserved characters: safe in HTML text, either kind of quoted attribute,
 /// a JavaScript string and a URL at once, for HTML/JS code whose context we cannot know.
 #[cfg_attr(not(test), allow(dead_code))] // the oracle for `ESCAPE`
@@ -82,7 +100,8 @@ const ESCAPE: [u8; 256] = {
     const PATH_BYTES: &[u8] = b"?`{}^";
     const USERINFO_BYTES: &[u8] = b"/:;=@[\\]|";
     const COMPONENT_BYTES: &[u8] = b"$%&+,";
-    const SEGMENT_BYTES: &[u8] = b"/\\%";
+    /// RFC 3986 `pchar` apart from the alphanumerics: all a path value may keep raw.
+    const PCHAR_BYTES: &[u8] = b"-._~!$&'()*+,;=:@";
     const fn has(list: &[u8], b: u8) -> bool {
         let mut i = 0;
         while i < list.len() {
@@ -101,7 +120,7 @@ const ESCAPE: [u8; 256] = {
         let always = b < 0x20 || b >= 0x7f;
         let path = always || has(QUERY_BYTES, b) || has(PATH_BYTES, b);
         let component = path || has(USERINFO_BYTES, b) || has(COMPONENT_BYTES, b);
-        let segment = path || has(SEGMENT_BYTES, b);
+        let segment = !(b.is_ascii_alphanumeric() || has(PCHAR_BYTES, b));
         let strict =
             !(b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_' || b == b'~');
         t[i] = (component as u8) | ((segment as u8) << 1) | ((strict as u8) << 2);
@@ -262,6 +281,28 @@ mod tests {
             enc("a/b?c#d e\\f", Position::PathSegment),
             "a%2Fb%3Fc%23d%20e%5Cf"
         );
+    }
+
+    #[test]
+    fn path_segment_encodes_what_rfc_3986_forbids_in_a_segment() {
+        assert_eq!(
+            enc("[a]|b\"<>^`{}%", Position::PathSegment),
+            "%5Ba%5D%7Cb%22%3C%3E%5E%60%7B%7D%25"
+        );
+        // pchar stays as it is: unreserved, sub-delims, `:` and `@`.
+        assert_eq!(
+            enc("aZ9-._~!$&'()*+,;=:@", Position::PathSegment),
+            "aZ9-._~!$&'()*+,;=:@"
+        );
+    }
+
+    #[test]
+    fn path_segment_keeps_exactly_the_pchar_bytes() {
+        for b in 0u8..=255 {
+            let pchar = b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@".contains(&b);
+            let escaped = ESCAPE[usize::from(b)] & Position::PathSegment.bit() != 0;
+            assert_eq!(escaped, !pchar, "byte {b:#04x}");
+        }
     }
 
     #[test]

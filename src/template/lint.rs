@@ -1,6 +1,8 @@
 //! Warnings a partner-facing "test your postback" screen shows, sample values for previews, and
 //! redaction of secrets in URLs.
 
+use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 use std::fmt;
 
 use chrono::DateTime;
@@ -108,9 +110,10 @@ impl fmt::Display for Lint {
     }
 }
 
-/// Flag parameters whose literal names repeat.
+/// Flag parameters whose literal names repeat: one lint per name, at its second occurrence.
+/// O(n log n) in the number of parameters (a B-tree of the names seen, whether each was flagged).
 pub(crate) fn duplicate_params(params: &[Vec<Piece<'_>>], lints: &mut Vec<Lint>) {
-    let mut seen: Vec<&str> = Vec::new();
+    let mut seen: BTreeMap<&str, bool> = BTreeMap::new();
     for p in params {
         // Only a key written wholly as text can be compared.
         let Some(Piece::Lit(first)) = p.first() else {
@@ -124,17 +127,18 @@ pub(crate) fn duplicate_params(params: &[Vec<Piece<'_>>], lints: &mut Vec<Lint>)
         if key.is_empty() {
             continue;
         }
-        if seen.contains(&key) {
-            if !lints
-                .iter()
-                .any(|l| matches!(l, Lint::DuplicateParam { key: k } if k == key))
-            {
-                lints.push(Lint::DuplicateParam {
-                    key: key.to_owned(),
-                });
+        // The first occurrence records the name, the second flags it, later ones pass.
+        match seen.entry(key) {
+            Entry::Vacant(e) => {
+                e.insert(false);
             }
-        } else {
-            seen.push(key);
+            Entry::Occupied(mut e) => {
+                if !std::mem::replace(e.get_mut(), true) {
+                    lints.push(Lint::DuplicateParam {
+                        key: key.to_owned(),
+                    });
+                }
+            }
         }
     }
 }

@@ -49,6 +49,10 @@ use syntax::Token;
 /// template must leave room for its values.
 pub const MAX_TEMPLATE_LEN: usize = 32 * 1024;
 
+/// The most macros a template can hold: the shortest token (`{a}`, `#a#`, `(a)`) is three bytes.
+/// A stored template listing more custom or click-id macros than this is refused.
+pub const MAX_MACROS: usize = MAX_TEMPLATE_LEN / 3;
+
 /// What a template is: a URL (server-to-server postbacks and image/iframe pixels) or HTML/JS code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -408,6 +412,8 @@ impl Template {
         };
         let mut lints = Vec::new();
         let mut custom: Vec<(Box<str>, Macro)> = Vec::new();
+        // The custom macros already in `custom`, so that each is listed once in O(log n).
+        let mut custom_seen = std::collections::BTreeSet::new();
         let mut items = Vec::with_capacity(tokens.len());
         let known = |n: &str| catalog.lookup(n).is_some();
         for t in tokens {
@@ -438,7 +444,7 @@ impl Template {
                     let canonical = dialect.canonical_name(name);
                     match catalog.lookup(&canonical) {
                         Some(mac) => {
-                            if !mac.is_builtin() && !custom.iter().any(|(_, m)| *m == mac) {
+                            if !mac.is_builtin() && custom_seen.insert(mac) {
                                 custom.push((canonical.as_ref().into(), mac));
                             }
                             items.push(Item::Mac { mac, at });
@@ -702,11 +708,20 @@ impl Template {
 
     #[cold]
     fn no_click_id(&self) -> ExpandError {
+        // Custom names by id, so that naming every click-id macro is not a scan per macro.
+        let mut by_id: Vec<(Macro, &str)> = self.custom.iter().map(|(n, m)| (*m, &**n)).collect();
+        by_id.sort_unstable();
         let names: Vec<String> = self
             .segs
             .iter()
             .filter(|s| s.flags & CLICK_ID != 0)
-            .map(|s| self.macro_name(s.mac))
+            .map(|s| match s.mac.builtin_name() {
+                Some(n) => n.to_owned(),
+                None => match by_id.binary_search_by_key(&s.mac, |(m, _)| *m) {
+                    Ok(i) => by_id[i].1.to_owned(),
+                    Err(_) => format!("#{}", s.mac.id()),
+                },
+            })
             .collect();
         ExpandError::NoClickId(names.join(", "))
     }
@@ -1216,11 +1231,74 @@ struct TemplateSpec {
     #[serde(default)]
     options: Options,
     /// Custom macros used, with the ids they were bound to.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "custom_macros_at_most"
+    )]
     custom_macros: Vec<(String, Macro)>,
     /// The macros of this template that count as click ids; absent means the standard set.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "click_id_macros_at_most")]
     click_id_macros: Option<Vec<Macro>>,
+}
+
+fn custom_macros_at_most<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<(String, Macro)>, D::Error> {
+    AtMost::<_, MAX_MACROS>::deserialize_as(d, "custom macros").map(|v| v.0)
+}
+
+fn click_id_macros_at_most<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Vec<Macro>>, D::Error> {
+    Option::<ClickIds>::deserialize(d).map(|o| o.map(|c| c.0.0))
+}
+
+/// `click_id_macros` when present: at most [`MAX_MACROS`] entries.
+struct ClickIds(AtMost<Macro, MAX_MACROS>);
+
+impl<'de> Deserialize<'de> for ClickIds {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        AtMost::deserialize_as(d, "click-id macros").map(ClickIds)
+    }
+}
+
+/// A list of at most `MAX` entries, refused at entry `MAX + 1` while reading, before a hostile
+/// record of a million entries is held in memory.
+pub(crate) struct AtMost<T, const MAX: usize>(pub(crate) Vec<T>);
+
+impl<T, const MAX: usize> AtMost<T, MAX> {
+    /// Read a sequence of at most `MAX` entries; `what` names them in the error.
+    pub(crate) fn deserialize_as<'de, D>(d: D, what: &'static str) -> Result<Self, D::Error>
+    where
+        D: serde::Deserializer<'de>,
+        T: Deserialize<'de>,
+    {
+        struct Visit<T, const MAX: usize>(&'static str, std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>, const MAX: usize> serde::de::Visitor<'de> for Visit<T, MAX> {
+            type Value = AtMost<T, MAX>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "a list of at most {MAX} {}", self.0)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(MAX).min(64));
+                while let Some(x) = seq.next_element()? {
+                    if out.len() == MAX {
+                        return Err(serde::de::Error::custom(format!(
+                            "the record lists more than {MAX} {}, more than it can use: it is damaged or forged; configure the postback again from its URL",
+                            self.0
+                        )));
+                    }
+                    out.push(x);
+                }
+                Ok(AtMost(out))
+            }
+        }
+        d.deserialize_seq(Visit::<T, MAX>(what, std::marker::PhantomData))
+    }
 }
 
 impl Serialize for Template {
@@ -1245,9 +1323,10 @@ impl<'de> Deserialize<'de> for Template {
         let spec = TemplateSpec::deserialize(d)?;
         let mut catalog = Catalog::standard();
         for (name, m) in &spec.custom_macros {
-            if m.is_builtin() || catalog.lookup(name).is_some() {
+            let id_taken = catalog.name(*m).is_some_and(|n| !n.is_empty());
+            if m.is_builtin() || id_taken || catalog.lookup(name).is_some() {
                 return Err(serde::de::Error::custom(format!(
-                    "custom macro `{name}` clashes with a built-in or repeated name: rename it in the stored template"
+                    "custom macro `{name}` clashes with a built-in or repeated name or id: rename it in the stored template"
                 )));
             }
             catalog.register_at(name, *m);

@@ -230,16 +230,43 @@ pub(crate) fn foreign_tokens(
             }
         }
     }
-    // `{{x}}` also contains `{x}`: report the outer token only.
-    let spans: Vec<(usize, usize)> = found.iter().map(|f| (f.at, f.at + f.token.len())).collect();
-    found.retain(|f| {
-        let (s, e) = (f.at, f.at + f.token.len());
-        !spans
-            .iter()
-            .any(|&(os, oe)| os <= s && e <= oe && oe - os > e - s)
+    // `${x}` also contains `{x}`: report the outer token only.
+    let inner = contained(&found);
+    let mut k = 0;
+    found.retain(|_| {
+        k += 1;
+        !inner[k - 1]
     });
     found.sort_by_key(|f| f.at);
     found
+}
+
+/// For each token, whether another token with a different span contains it. A sweep over the
+/// spans sorted by start (and longest first at one start): a token is contained exactly when an
+/// earlier span in that order reaches as far as its end. O(n log n), where comparing every pair
+/// would be quadratic in a literal full of tokens.
+fn contained(found: &[Foreign]) -> Vec<bool> {
+    let span = |f: &Foreign| (f.at, f.at + f.token.len());
+    let mut order: Vec<usize> = (0..found.len()).collect();
+    order.sort_unstable_by_key(|&i| {
+        let (s, e) = span(&found[i]);
+        (s, std::cmp::Reverse(e))
+    });
+    let mut inner = vec![false; found.len()];
+    // The furthest end among the spans before the current group of equal spans.
+    let mut reach: Option<usize> = None;
+    let mut g = 0;
+    while g < order.len() {
+        let (s, e) = span(&found[order[g]]);
+        let mut h = g;
+        while h < order.len() && span(&found[order[h]]) == (s, e) {
+            inner[order[h]] = reach.is_some_and(|r| r >= e);
+            h += 1;
+        }
+        reach = Some(reach.map_or(e, |r| r.max(e)));
+        g = h;
+    }
+    inner
 }
 
 #[cfg(test)]
@@ -286,6 +313,58 @@ mod tests {
     #[test]
     fn double_brace_in_brace_dialect_stays_text() {
         assert_eq!(names("a={{sub1}}&b={sub2}", Dialect::Brace), ["sub2"]);
+    }
+
+    fn foreign(at: usize, token: &str) -> Foreign {
+        Foreign {
+            dialect: Dialect::Brace,
+            token: token.to_owned(),
+            name: String::new(),
+            at,
+        }
+    }
+
+    /// The quadratic definition the sweep replaces.
+    fn contained_by_pairs(found: &[Foreign]) -> Vec<bool> {
+        found
+            .iter()
+            .map(|f| {
+                let (s, e) = (f.at, f.at + f.token.len());
+                found.iter().any(|o| {
+                    let (os, oe) = (o.at, o.at + o.token.len());
+                    os <= s && e <= oe && oe - os > e - s
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn containment_sweep_agrees_with_comparing_every_pair() {
+        // Spans over a few bytes in every arrangement: nested, equal, touching, overlapping.
+        let mut n = 0u32;
+        while n < 4096 {
+            let mut found = Vec::new();
+            let mut x = n;
+            for _ in 0..4 {
+                let at = (x % 4) as usize;
+                let len = 1 + ((x / 4) % 4) as usize;
+                found.push(foreign(at, &"x".repeat(len)));
+                x /= 16;
+                if x == 0 {
+                    break;
+                }
+            }
+            assert_eq!(contained(&found), contained_by_pairs(&found), "{n}");
+            n += 1;
+        }
+    }
+
+    #[test]
+    fn dollar_token_hides_the_brace_token_inside() {
+        let known = |n: &str| n == "sub1";
+        let f = foreign_tokens("a=${sub1}&b={sub1}", 0, Dialect::Hash, &known);
+        let got: Vec<_> = f.iter().map(|f| (f.dialect, f.at)).collect();
+        assert_eq!(got, [(Dialect::Dollar, 2), (Dialect::Brace, 12)]);
     }
 
     #[test]
