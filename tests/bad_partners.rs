@@ -545,3 +545,61 @@ fn the_ports_of_the_network_policy_are_enforced_at_send_time() {
         })
     ));
 }
+
+/// Time for the async driver from tokio's clock, which the test pauses: no test waits for real.
+struct PausedClock(tokio::time::Instant, DateTime<Utc>);
+
+impl postback::transport::AsyncClock for PausedClock {
+    fn now(&self) -> DateTime<Utc> {
+        self.1 + TimeDelta::from_std(self.0.elapsed()).unwrap()
+    }
+    fn sleep_until(&self, t: DateTime<Utc>) -> impl std::future::Future<Output = ()> + Send {
+        let wait = (t - self.now()).to_std().unwrap_or_default();
+        tokio::time::sleep(wait)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn through_the_async_driver_a_healthy_partner_is_delivered_before_a_stalled_one_answers() {
+    let stalled = postback(1, "https://stalled.example/pb?cid={sub1}");
+    let healthy = Postback::builder(PostbackId::new(2))
+        .partner(PartnerId::new(8))
+        .url("https://healthy.example/pb?cid={sub1}")
+        .build()
+        .unwrap();
+    let mut e = engine(EngineConfig::default(), vec![stalled, healthy]);
+    for i in 0..48 {
+        let _ = convert(&mut e, i, &ValueMap::new().with(Macro::SUB1, "s"));
+    }
+    let _ = e.handle_trigger(
+        t0(),
+        &Trigger::conversion(100, PartnerId::new(8), OFFER),
+        &ValueMap::new().with(Macro::SUB1, "h"),
+    );
+    // The stalled partner answers each request after 30 s; the healthy one at once.
+    let transport = |req: http::Request<Vec<u8>>| async move {
+        if req.uri().host() == Some("stalled.example") {
+            tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+        }
+        status(200)
+    };
+    let clock = PausedClock(tokio::time::Instant::now(), t0());
+    let mut order = Vec::new();
+    let report = postback::transport::run_async(
+        &mut e,
+        &transport,
+        &clock,
+        16,
+        t0() + TimeDelta::hours(1),
+        |ev| {
+            if let Event::Delivered { record } = ev {
+                order.push(record.postback());
+            }
+        },
+    )
+    .await;
+    assert!(report.idle);
+    assert_eq!(order.len(), 49);
+    // Without a per-host limit, 16 slots would all wait on the stalled partner first.
+    assert_eq!(order[0], PostbackId::new(2), "{order:?}");
+}
