@@ -412,8 +412,9 @@ fn one_trigger_creates_at_most_the_configured_number_of_deliveries_and_reports_t
     );
 }
 
-#[test]
-fn a_partner_that_never_answers_cannot_starve_another_partners_deliveries() {
+/// 48 conversions for a partner at `stalled.example` (postback 1), then one for another
+/// partner at `healthy.example` (postback 2).
+fn stalled_and_healthy() -> Engine {
     let stalled = postback(1, "https://stalled.example/pb?cid={sub1}");
     let healthy = Postback::builder(PostbackId::new(2))
         .partner(PartnerId::new(8))
@@ -429,6 +430,12 @@ fn a_partner_that_never_answers_cannot_starve_another_partners_deliveries() {
         &Trigger::conversion(100, PartnerId::new(8), OFFER),
         &ValueMap::new().with(Macro::SUB1, "h"),
     );
+    e
+}
+
+#[test]
+fn a_partner_that_never_answers_cannot_starve_another_partners_deliveries() {
+    let mut e = stalled_and_healthy();
     // Nothing is answered: the stalled partner holds its share, and the healthy one still gets
     // its request out at once.
     let mut out = Vec::new();
@@ -561,21 +568,7 @@ impl postback::transport::AsyncClock for PausedClock {
 
 #[tokio::test(start_paused = true)]
 async fn through_the_async_driver_a_healthy_partner_is_delivered_before_a_stalled_one_answers() {
-    let stalled = postback(1, "https://stalled.example/pb?cid={sub1}");
-    let healthy = Postback::builder(PostbackId::new(2))
-        .partner(PartnerId::new(8))
-        .url("https://healthy.example/pb?cid={sub1}")
-        .build()
-        .unwrap();
-    let mut e = engine(EngineConfig::default(), vec![stalled, healthy]);
-    for i in 0..48 {
-        let _ = convert(&mut e, i, &ValueMap::new().with(Macro::SUB1, "s"));
-    }
-    let _ = e.handle_trigger(
-        t0(),
-        &Trigger::conversion(100, PartnerId::new(8), OFFER),
-        &ValueMap::new().with(Macro::SUB1, "h"),
-    );
+    let mut e = stalled_and_healthy();
     // The stalled partner answers each request after 30 s; the healthy one at once.
     let transport = |req: http::Request<Vec<u8>>| async move {
         if req.uri().host() == Some("stalled.example") {
