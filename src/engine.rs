@@ -27,6 +27,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -464,11 +465,16 @@ pub struct TestFire {
 type Timers = BTreeSet<(DateTime<Utc>, DeliveryId)>;
 
 /// One partner host's share of the sending.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct HostSlots {
+    /// The host, shared with the requests and waiting deliveries that refer to it.
+    name: Arc<str>,
     in_flight: usize,
     /// Due deliveries waiting for a slot, oldest first.
     waiting: VecDeque<DeliveryId>,
+    /// The network policy's verdict on the host (the policy is configuration, fixed for the
+    /// engine's life), so a send does not parse it again.
+    refused: Option<NetError>,
 }
 
 /// Registry, deliveries and health in one sans-IO object. See the [module docs](self).
@@ -489,11 +495,11 @@ pub struct Engine {
     /// few requests out at a time and changes on every send and answer.
     leases: Timers,
     /// Requests in flight and due deliveries waiting for a slot, per partner host.
-    hosts: IdMap<Box<str>, HostSlots>,
+    hosts: IdMap<Arc<str>, HostSlots>,
     /// The host of each request in flight that holds a slot.
-    sending: IdMap<DeliveryId, Box<str>>,
+    sending: IdMap<DeliveryId, Arc<str>>,
     /// The host whose queue each waiting delivery is in (it is out of `timers` meanwhile).
-    parked: IdMap<DeliveryId, Box<str>>,
+    parked: IdMap<DeliveryId, Arc<str>>,
     /// Unfinished deliveries per postback (derived from `deliveries`).
     by_postback: IdMap<PostbackId, BTreeSet<DeliveryId>>,
     /// Every key known: an unfinished delivery's with its handle, a remembered finished one's
@@ -805,11 +811,7 @@ impl Engine {
             return;
         };
         slots.in_flight = slots.in_flight.saturating_sub(1);
-        let next = slots.waiting.pop_front();
-        if slots.in_flight == 0 && slots.waiting.is_empty() {
-            self.hosts.remove(&host);
-        }
-        if let Some(next) = next {
+        if let Some(next) = slots.waiting.pop_front() {
             self.parked.remove(&next);
             self.schedule(next);
         }
@@ -905,21 +907,32 @@ impl Engine {
             let Some(pb) = self.registry.get(pid) else {
                 continue;
             };
-            let host: Box<str> = pb.template().origin().into();
-            let slots = self.hosts.get(&host).map_or(0, |s| s.in_flight);
-            if slots >= self.config.max_in_flight_per_host.max(1) {
+            let origin = pb.template().origin();
+            if !self.hosts.contains_key(origin) {
+                // The network policy on every path: also for postbacks that never went through
+                // `create` or `edit` (a registry built by hand), and for the ports it allows.
+                let name: Arc<str> = origin.into();
+                let refused = self.config.net.check_url(origin).err();
+                self.hosts.insert(
+                    name.clone(),
+                    HostSlots {
+                        name,
+                        in_flight: 0,
+                        waiting: VecDeque::new(),
+                        refused,
+                    },
+                );
+            }
+            let Some(slots) = self.hosts.get_mut(origin) else {
+                continue;
+            };
+            if slots.in_flight >= self.config.max_in_flight_per_host.max(1) {
                 // This host has its share out: wait for one of them, not for the clock.
-                self.hosts
-                    .entry(host.clone())
-                    .or_default()
-                    .waiting
-                    .push_back(id);
-                self.parked.insert(id, host);
+                slots.waiting.push_back(id);
+                self.parked.insert(id, slots.name.clone());
                 continue;
             }
-            // The network policy on every path: also for postbacks that never went through
-            // `create` or `edit` (a registry built by hand), and for the ports it allows.
-            let refused = self.config.net.check_url(&host).err();
+            let (host, refused) = (slots.name.clone(), slots.refused.clone());
             let Some(d) = self.deliveries.get_mut(&id) else {
                 continue;
             };
@@ -936,7 +949,9 @@ impl Engine {
             match action {
                 Action::Send(out) => {
                     self.schedule(id);
-                    self.hosts.entry(host.clone()).or_default().in_flight += 1;
+                    if let Some(slots) = self.hosts.get_mut(&host) {
+                        slots.in_flight += 1;
+                    }
                     self.sending.insert(id, host);
                     let shown = out.redacted_url().to_owned();
                     return Some(Transmit {
@@ -1404,7 +1419,7 @@ impl Engine {
             e.insert(Box::new(d));
         }
         // Requests that were out hold their host's slots until their leases run out.
-        let out: Vec<(DeliveryId, Box<str>)> = e
+        let out: Vec<(DeliveryId, Arc<str>)> = e
             .deliveries
             .values()
             .filter(|d| matches!(d.state(), State::InFlight { .. }))
@@ -1414,7 +1429,14 @@ impl Engine {
             })
             .collect();
         for (id, host) in out {
-            e.hosts.entry(host.clone()).or_default().in_flight += 1;
+            let refused = e.config.net.check_url(&host).err();
+            let slots = e.hosts.entry(host.clone()).or_insert_with(|| HostSlots {
+                name: host.clone(),
+                in_flight: 0,
+                waiting: VecDeque::new(),
+                refused,
+            });
+            slots.in_flight += 1;
             e.sending.insert(id, host);
         }
         for key in remembered_keys {

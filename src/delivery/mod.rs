@@ -51,7 +51,7 @@ use crate::model::{
     DeliveryKey, HttpMethod, Method, Postback, PostbackId, Purpose, ResponseCheck, TriggerKind,
 };
 use crate::template::{
-    ExpandError, StoredValues, WithDeliveryId, redact_url_with, scrub_text, secret_parts,
+    ExpandError, StoredValues, WithDeliveryId, redact_for_record, redact_url_with, scrub_text,
 };
 
 pub use health::Health;
@@ -782,8 +782,7 @@ impl Delivery {
     /// [`request`]: Self::request
     fn http_request(&self, ctx: &SendContext<'_>) -> Result<(Outgoing, Vec<String>), RenderError> {
         let (method, url, key) = self.url(ctx)?;
-        let shown = redact_url_with(&url, ctx.postback.secrets());
-        let parts = secret_parts(&url, ctx.postback.secrets());
+        let (shown, parts) = redact_for_record(&url, ctx.postback.secrets());
         let mut b = http::Request::builder()
             .method(match method {
                 HttpMethod::Get => http::Method::GET,

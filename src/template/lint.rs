@@ -229,8 +229,9 @@ fn is_secret_key(key: &str) -> bool {
     })
 }
 
-/// `k=v&k=v` with the values of secret-looking names replaced by `***`, appended to `out`.
-fn redact_pairs(out: &mut String, pairs: &str) {
+/// `k=v&k=v` with the values of secret-looking names replaced by `***`, appended to `out`;
+/// each value replaced goes to `found`, if given.
+fn redact_pairs(out: &mut String, pairs: &str, mut found: Option<&mut Vec<String>>) {
     for (i, pair) in pairs.split('&').enumerate() {
         if i > 0 {
             out.push('&');
@@ -239,6 +240,13 @@ fn redact_pairs(out: &mut String, pairs: &str) {
             Some((k, v)) if is_secret_key(k) && !v.is_empty() => {
                 out.push_str(k);
                 out.push_str("=***");
+                if let Some(found) = found.as_deref_mut() {
+                    let decoded = percent_encoding::percent_decode_str(v).decode_utf8_lossy();
+                    if decoded != v {
+                        found.push(decoded.into_owned());
+                    }
+                    found.push(v.to_owned());
+                }
             }
             _ => out.push_str(pair),
         }
@@ -249,6 +257,10 @@ fn redact_pairs(out: &mut String, pairs: &str) {
 /// `session`, ..., also percent-encoded) replaced by `***`, in the query and in the fragment, for
 /// logs and debug info.
 pub fn redact_url(url: &str) -> String {
+    redact_collecting(url, None)
+}
+
+fn redact_collecting(url: &str, mut found: Option<&mut Vec<String>>) -> String {
     let (before, fragment) = match url.split_once('#') {
         Some((b, f)) => (b, Some(f)),
         None => (url, None),
@@ -258,13 +270,13 @@ pub fn redact_url(url: &str) -> String {
         Some((head, query)) => {
             out.push_str(head);
             out.push('?');
-            redact_pairs(&mut out, query);
+            redact_pairs(&mut out, query, found.as_deref_mut());
         }
         None => out.push_str(before),
     }
     if let Some(f) = fragment {
         out.push('#');
-        redact_pairs(&mut out, f);
+        redact_pairs(&mut out, f, found);
     }
     out
 }
@@ -290,27 +302,18 @@ fn literal_forms(secrets: &[String]) -> Vec<String> {
     forms
 }
 
-/// What must never appear in a record of a request to `url`: the values of its secret-looking
-/// parameters (as sent and decoded) and the postback's literal secrets (as written and
-/// encoded). Longest first, so a secret that contains another is replaced whole.
-pub(crate) fn secret_parts(url: &str, secrets: &[String]) -> Vec<String> {
-    let mut parts = literal_forms(secrets);
-    let query = url.split_once('?').map_or("", |(_, q)| q);
-    let query = query.split_once('#').map_or(query, |(q, _)| q);
-    for pair in query.split('&') {
-        if let Some((k, v)) = pair.split_once('=') {
-            if is_secret_key(k) && !v.is_empty() {
-                let decoded = percent_encoding::percent_decode_str(v).decode_utf8_lossy();
-                if decoded != v {
-                    parts.push(decoded.into_owned());
-                }
-                parts.push(v.to_owned());
-            }
-        }
-    }
+/// A request's URL as records show it ([`redact_url_with`]), and what must never appear in a
+/// record of it: the values of its secret-looking parameters (as sent and decoded) and the
+/// literal secrets (as written and encoded), longest first so a secret that contains another
+/// is replaced whole. One pass over the parameters: it runs on every send.
+pub(crate) fn redact_for_record(url: &str, secrets: &[String]) -> (String, Vec<String>) {
+    let literal = literal_forms(secrets);
+    let mut parts = Vec::new();
+    let shown = scrub(&redact_collecting(url, Some(&mut parts)), &literal);
+    parts.extend(literal);
     parts.sort_by_key(|p| std::cmp::Reverse(p.len()));
     parts.dedup();
-    parts
+    (shown, parts)
 }
 
 /// `text` with every occurrence of `parts` replaced by `***`, and every URL in it redacted
@@ -373,7 +376,8 @@ mod tests {
     #[test]
     fn transport_error_text_loses_the_secrets_of_the_url_it_quotes() {
         let url = "https://x.com/K3Y/pb?cid=1&token=s3cr%20et";
-        let parts = secret_parts(url, &["K3Y".to_owned()]);
+        let (shown, parts) = redact_for_record(url, &["K3Y".to_owned()]);
+        assert_eq!(shown, "https://x.com/***/pb?cid=1&token=***");
         let text = format!("error sending request for url ({url}): connection refused; s3cr et");
         let clean = scrub_text(&text, &parts);
         assert_eq!(

@@ -34,7 +34,7 @@ pub(crate) use encode::COMPONENT as COMPONENT_SET;
 pub use lint::{
     Lint, SAMPLE_CONVERSION_ID, SAMPLE_DELIVERY_ID, SampleValues, redact_url, redact_url_with,
 };
-pub(crate) use lint::{scrub_text, secret_parts};
+pub(crate) use lint::{redact_for_record, scrub_text};
 pub use money::{Amount, AmountError, Currency, CurrencyError};
 pub use syntax::{Dialect, UnknownDialect};
 pub use values::{
