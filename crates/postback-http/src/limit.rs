@@ -1,0 +1,137 @@
+//! Per-host limits on requests in flight: neither client caps the connections it opens to one
+//! host (their pools cap only idle connections), so a burst of postbacks to one partner would
+//! open as many connections as there are requests.
+
+#![allow(dead_code)] // each half is used by one transport
+
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use postback::delivery::Failure;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn no_slot(key: &str, max: usize, waited: Duration) -> Failure {
+    Failure::Local(format!(
+        "no free connection slot for {key} within {waited:?} ({max} in flight): raise \
+         max_connections_per_host or lower the driver's concurrency"
+    ))
+}
+
+/// Slots per host for a blocking transport: a thread waits on a condition variable.
+#[derive(Debug)]
+pub(crate) struct BlockingSlots {
+    max: usize,
+    busy: Mutex<HashMap<String, usize>>,
+    freed: Condvar,
+}
+
+/// A held slot; freed on drop.
+pub(crate) struct BlockingSlot<'a> {
+    slots: &'a BlockingSlots,
+    key: String,
+}
+
+impl BlockingSlots {
+    pub(crate) fn new(max: usize) -> BlockingSlots {
+        BlockingSlots {
+            max: max.max(1),
+            busy: Mutex::new(HashMap::new()),
+            freed: Condvar::new(),
+        }
+    }
+
+    /// Take a slot for `key`, waiting up to `wait` for one.
+    pub(crate) fn acquire(&self, key: &str, wait: Duration) -> Result<BlockingSlot<'_>, Failure> {
+        let busy = lock(&self.busy);
+        let (mut busy, _) = self
+            .freed
+            .wait_timeout_while(busy, wait, |b| b.get(key).is_some_and(|n| *n >= self.max))
+            .unwrap_or_else(PoisonError::into_inner);
+        let n = busy.entry(key.to_owned()).or_insert(0);
+        if *n >= self.max {
+            return Err(no_slot(key, self.max, wait));
+        }
+        *n += 1;
+        Ok(BlockingSlot {
+            slots: self,
+            key: key.to_owned(),
+        })
+    }
+}
+
+impl Drop for BlockingSlot<'_> {
+    fn drop(&mut self) {
+        let mut busy = lock(&self.slots.busy);
+        if let Some(n) = busy.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                busy.remove(&self.key);
+            }
+        }
+        drop(busy);
+        self.slots.freed.notify_all();
+    }
+}
+
+/// Slots per host for an async transport: one semaphore per host.
+#[cfg(feature = "reqwest")]
+#[derive(Debug)]
+pub(crate) struct AsyncSlots {
+    max: usize,
+    hosts: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
+}
+
+#[cfg(feature = "reqwest")]
+impl AsyncSlots {
+    pub(crate) fn new(max: usize) -> AsyncSlots {
+        AsyncSlots {
+            max: max.max(1),
+            hosts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Take a slot for `key`, waiting up to `wait` for one.
+    pub(crate) async fn acquire(
+        &self,
+        key: &str,
+        wait: Duration,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, Failure> {
+        let semaphore = {
+            let mut hosts = lock(&self.hosts);
+            // The map holds one small entry per host ever sent to: partner hosts, a bounded set.
+            Arc::clone(
+                hosts
+                    .entry(key.to_owned())
+                    .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.max))),
+            )
+        };
+        match tokio::time::timeout(wait, semaphore.acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_)) => Err(Failure::Local(format!(
+                "the connection slots for {key} were closed"
+            ))),
+            Err(_) => Err(no_slot(key, self.max, wait)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_host_with_every_slot_taken_is_refused_as_our_own_error_and_others_are_not_held_up() {
+        let slots = BlockingSlots::new(2);
+        let a = slots.acquire("http://a:80", Duration::ZERO).unwrap();
+        let _b = slots.acquire("http://a:80", Duration::ZERO).unwrap();
+        let third = slots.acquire("http://a:80", Duration::ZERO);
+        assert!(matches!(third, Err(Failure::Local(_))));
+        assert!(slots.acquire("http://b:80", Duration::ZERO).is_ok());
+        drop(a);
+        assert!(slots.acquire("http://a:80", Duration::ZERO).is_ok());
+    }
+}
