@@ -1,15 +1,6 @@
-//! The blocking driver over real HTTP: the `ureq` adapter of examples/adapters/ against a real
+//! The blocking driver over real HTTP: postback-http's `ureq` transport against a real
 //! receiver on 127.0.0.1, on the system clock with a compressed retry schedule (25 attempts take
 //! well under a second).
-
-#[path = "../examples/adapters/clock.rs"]
-#[allow(dead_code)]
-mod clock;
-#[path = "../examples/adapters/receiver.rs"]
-#[allow(dead_code)]
-mod receiver;
-#[path = "../examples/adapters/ureq_transport.rs"]
-mod ureq_transport;
 
 use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::time::Duration;
@@ -25,9 +16,9 @@ use postback::transport::{
     Classify, Clock, IpRange, NetPolicy, RunReport, Transport, run_blocking, step_blocking,
 };
 
-use clock::SystemClock;
-use receiver::{Receiver, Response};
-use ureq_transport::UreqTransport;
+use postback_http::clock::SystemClock;
+use postback_http::testing::{Receiver, Response};
+use postback_http::{Config, UreqTransport};
 
 const PARTNER: PartnerId = PartnerId::new(7);
 const OFFER: OfferId = OfferId::new(42);
@@ -78,7 +69,12 @@ fn fire(engine: &mut Engine, click: &str) {
 
 /// A transport for loopback receivers.
 fn loopback(timeout: Duration) -> UreqTransport {
-    UreqTransport::new(NetPolicy::default().allow_loopback(), timeout)
+    transport(NetPolicy::default().allow_loopback(), timeout)
+}
+
+/// A transport with this policy and timeout, the crate's defaults otherwise.
+fn transport(policy: NetPolicy, timeout: Duration) -> UreqTransport {
+    UreqTransport::new(Config::new(policy).timeout(timeout)).unwrap()
 }
 
 /// Run until nothing is scheduled (at most 30 s), collecting the events.
@@ -279,7 +275,7 @@ fn a_host_name_that_resolves_to_a_forbidden_address_is_refused_before_connecting
 
     let events = step(
         &mut engine,
-        &UreqTransport::new(NetPolicy::default(), Duration::from_secs(5)),
+        &transport(NetPolicy::default(), Duration::from_secs(5)),
     );
 
     let [
@@ -300,7 +296,11 @@ fn a_host_name_that_resolves_to_a_forbidden_address_is_refused_before_connecting
         "{}",
         d.attempts()[0].body
     );
-    assert_eq!(receiver.count(), 0, "nothing reached the receiver");
+    assert_eq!(
+        receiver.connections(),
+        0,
+        "no connection reached the receiver"
+    );
 }
 
 #[test]
@@ -315,10 +315,7 @@ fn an_address_the_transport_policy_forbids_is_refused_even_when_the_configuratio
         .allow_loopback()
         .forbid(IpRange::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 32));
 
-    let events = step(
-        &mut engine,
-        &UreqTransport::new(policy, Duration::from_secs(5)),
-    );
+    let events = step(&mut engine, &transport(policy, Duration::from_secs(5)));
 
     assert!(
         matches!(
@@ -331,13 +328,13 @@ fn an_address_the_transport_policy_forbids_is_refused_even_when_the_configuratio
         ),
         "{events:?}"
     );
-    assert_eq!(receiver.count(), 0);
+    assert_eq!(receiver.connections(), 0);
 }
 
 #[test]
 fn forbidden_ip_literals_in_every_spelling_are_refused_by_the_transport() {
     let receiver = Receiver::start(|_, _| Response::ok());
-    let transport = UreqTransport::new(NetPolicy::default(), Duration::from_secs(5));
+    let transport = transport(NetPolicy::default(), Duration::from_secs(5));
     let port = receiver.addr().port();
 
     // 127.0.0.1 as written, as one decimal number, and IPv4-mapped IPv6.
@@ -352,7 +349,7 @@ fn forbidden_ip_literals_in_every_spelling_are_refused_by_the_transport() {
             "{host}"
         );
     }
-    assert_eq!(receiver.count(), 0);
+    assert_eq!(receiver.connections(), 0);
 }
 
 #[test]

@@ -1,18 +1,9 @@
-//! The async driver over real HTTP: the `reqwest` adapter of examples/adapters/ against a real
-//! receiver on 127.0.0.1, on tokio. First the adapter's contract (no redirects, timeouts,
+//! The async driver over real HTTP: postback-http's `reqwest` transport against a real
+//! receiver on 127.0.0.1, on tokio. First the transport's contract (no redirects, timeouts,
 //! forbidden addresses refused), then 10,000 conversions with bounded concurrency, every
 //! delivery id counted by the receiver.
 //!
 //! Throughput is printed; see it with `cargo test --release --test http_load -- --nocapture`.
-
-#[path = "../examples/adapters/clock.rs"]
-#[allow(dead_code)]
-mod clock;
-#[path = "../examples/adapters/receiver.rs"]
-#[allow(dead_code)]
-mod receiver;
-#[path = "../examples/adapters/reqwest_transport.rs"]
-mod reqwest_transport;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -26,9 +17,9 @@ use postback::registry::{Registry, Trigger};
 use postback::template::{Macro, ValueMap};
 use postback::transport::{AsyncClock, AsyncTransport, NetPolicy, run_async};
 
-use clock::TokioClock;
-use receiver::{Receiver, Response};
-use reqwest_transport::ReqwestTransport;
+use postback_http::clock::TokioClock;
+use postback_http::testing::{Receiver, Response};
+use postback_http::{Config, ReqwestTransport};
 
 const PARTNER: PartnerId = PartnerId::new(7);
 const OFFER: OfferId = OfferId::new(42);
@@ -40,11 +31,19 @@ const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
 static LOAD: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn loopback() -> ReqwestTransport {
-    ReqwestTransport::new(
+    transport(
         NetPolicy::default().allow_loopback(),
         Duration::from_secs(10),
     )
-    .unwrap()
+}
+
+/// A transport with this policy and timeout, the crate's defaults otherwise (the load runs keep
+/// at most `CONCURRENCY` requests in flight, all to one host).
+fn transport(policy: NetPolicy, timeout: Duration) -> ReqwestTransport {
+    let config = Config::new(policy)
+        .timeout(timeout)
+        .max_connections_per_host(CONCURRENCY);
+    ReqwestTransport::new(config).unwrap()
 }
 
 fn get(url: &str) -> http::Request<Vec<u8>> {
@@ -71,11 +70,10 @@ async fn the_async_transport_returns_a_302_and_never_follows_it() {
 #[tokio::test]
 async fn the_async_transport_reports_a_stalled_partner_as_a_timeout() {
     let receiver = Receiver::start(|_, _| Response::stall(Duration::from_secs(20)));
-    let transport = ReqwestTransport::new(
+    let transport = transport(
         NetPolicy::default().allow_loopback(),
         Duration::from_millis(300),
-    )
-    .unwrap();
+    );
 
     let result = send(&transport, &receiver.url("/pb?cid=1")).await;
 
@@ -85,7 +83,7 @@ async fn the_async_transport_reports_a_stalled_partner_as_a_timeout() {
 #[tokio::test]
 async fn the_async_transport_refuses_a_host_name_that_resolves_to_a_forbidden_address() {
     let receiver = Receiver::start(|_, _| Response::ok());
-    let transport = ReqwestTransport::new(NetPolicy::default(), Duration::from_secs(5)).unwrap();
+    let transport = transport(NetPolicy::default(), Duration::from_secs(5));
 
     let url = format!("http://localhost:{}/pb?cid=1", receiver.addr().port());
     let result = send(&transport, &url).await;
@@ -94,13 +92,13 @@ async fn the_async_transport_refuses_a_host_name_that_resolves_to_a_forbidden_ad
         matches!(&result, Err(Failure::Forbidden(why)) if why.contains("loopback")),
         "{result:?}"
     );
-    assert_eq!(receiver.count(), 0);
+    assert_eq!(receiver.connections(), 0);
 }
 
 #[tokio::test]
 async fn the_async_transport_refuses_forbidden_ip_literals_in_every_spelling() {
     let receiver = Receiver::start(|_, _| Response::ok());
-    let transport = ReqwestTransport::new(NetPolicy::default(), Duration::from_secs(5)).unwrap();
+    let transport = transport(NetPolicy::default(), Duration::from_secs(5));
     let port = receiver.addr().port();
 
     // 127.0.0.1 as written, as one decimal number, and IPv4-mapped IPv6 (which the URL parser
@@ -112,7 +110,7 @@ async fn the_async_transport_refuses_forbidden_ip_literals_in_every_spelling() {
             "{host}: {result:?}"
         );
     }
-    assert_eq!(receiver.count(), 0);
+    assert_eq!(receiver.connections(), 0);
 }
 
 /// An engine with one postback to the receiver that carries the delivery id twice: in the URL

@@ -69,6 +69,7 @@ pub(crate) fn forbidden(e: &NetError) -> Failure {
 
 /// The first error of type `T` in the chain from `e`, looking inside `io::Error`s too (whose
 /// `source` skips the error they wrap).
+#[cfg_attr(not(any(feature = "tls", feature = "reqwest")), allow(dead_code))]
 pub(crate) fn find<'a, T: Error + 'static>(e: &'a (dyn Error + 'static)) -> Option<&'a T> {
     let mut next = Some(e);
     while let Some(e) = next {
@@ -157,7 +158,10 @@ mod tests {
         let out = scrub(text, &u);
         assert!(!out.contains("SECRETKEY"), "{out}");
         assert!(!out.contains("abc"), "{out}");
-        assert!(out.starts_with("error sending request for url (<url>)"), "{out}");
+        assert!(
+            out.starts_with("error sending request for url (<url>)"),
+            "{out}"
+        );
     }
 
     #[test]

@@ -53,15 +53,20 @@
 //! # let _ = transport;
 //! # }
 //! ```
+//!
+//! [`Failure::Forbidden`]: postback::delivery::Failure::Forbidden
+//! [`Failure::Timeout`]: postback::delivery::Failure::Timeout
+//! [`Failure::Local`]: postback::delivery::Failure::Local
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 use std::time::Duration;
 
-use postback::delivery::Failure;
 use postback::transport::NetPolicy;
 
 pub mod clock;
+#[cfg(any(feature = "ureq", feature = "reqwest"))]
 mod guard;
+#[cfg(any(feature = "ureq", feature = "reqwest"))]
 mod limit;
 #[cfg(feature = "reqwest")]
 mod reqwest_transport;
@@ -107,7 +112,8 @@ pub struct Config {
     /// engine records the first 4 KiB).
     pub body_limit: usize,
     /// Requests in flight to one host (scheme, host, port) at once; a further request waits up to
-    /// `timeout` for a slot, then fails with [`Failure::Local`] (default 32; 0 counts as 1).
+    /// `timeout` for a slot, then fails with
+    /// [`Failure::Local`](postback::delivery::Failure::Local) (default 32; 0 counts as 1).
     pub max_connections_per_host: usize,
     /// Idle keep-alive connections kept per host for reuse (default 8; 0 turns keep-alive
     /// pooling off).
@@ -183,6 +189,7 @@ impl Config {
     }
 
     /// The connect timeout actually used: never more than the whole exchange's.
+    #[cfg(any(feature = "ureq", feature = "reqwest"))]
     fn connect_timeout_capped(&self) -> Duration {
         self.connect_timeout.min(self.timeout)
     }
@@ -215,10 +222,5 @@ pub enum BuildError {
     Client(String),
 }
 
-/// Whether this build can speak `https`.
+/// Whether this build can speak `https` (the `tls` feature).
 pub const TLS: bool = cfg!(feature = "tls");
-
-#[allow(dead_code)] // used by whichever transports are enabled
-fn local(what: impl std::fmt::Display) -> Failure {
-    Failure::Local(what.to_string())
-}

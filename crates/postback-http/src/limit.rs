@@ -5,7 +5,7 @@
 #![allow(dead_code)] // each half is used by one transport
 
 use std::collections::HashMap;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use postback::delivery::Failure;
@@ -82,7 +82,7 @@ impl Drop for BlockingSlot<'_> {
 #[derive(Debug)]
 pub(crate) struct AsyncSlots {
     max: usize,
-    hosts: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
+    hosts: Mutex<HashMap<String, std::sync::Arc<tokio::sync::Semaphore>>>,
 }
 
 #[cfg(feature = "reqwest")]
@@ -103,10 +103,10 @@ impl AsyncSlots {
         let semaphore = {
             let mut hosts = lock(&self.hosts);
             // The map holds one small entry per host ever sent to: partner hosts, a bounded set.
-            Arc::clone(
+            std::sync::Arc::clone(
                 hosts
                     .entry(key.to_owned())
-                    .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.max))),
+                    .or_insert_with(|| std::sync::Arc::new(tokio::sync::Semaphore::new(self.max))),
             )
         };
         match tokio::time::timeout(wait, semaphore.acquire_owned()).await {

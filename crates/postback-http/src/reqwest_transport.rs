@@ -79,7 +79,11 @@ impl ReqwestTransport {
         let config = &self.inner.config;
         let uri = request.uri().clone();
         let target = precheck(&config.policy, &uri)?;
-        let _slot = self.inner.slots.acquire(&target.key, config.timeout).await?;
+        let _slot = self
+            .inner
+            .slots
+            .acquire(&target.key, config.timeout)
+            .await?;
         let request = reqwest::Request::try_from(request)
             .map_err(|e| Failure::Local(scrub(&chain_text(&e.without_url()), &uri)))?;
         let mut r = self

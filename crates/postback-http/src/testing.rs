@@ -198,10 +198,7 @@ impl Receiver {
         Receiver::launch(Box::new(script), Some(Arc::new(config)))
     }
 
-    fn launch(
-        script: Box<Script>,
-        tls: Option<TlsConfig>,
-    ) -> io::Result<Receiver> {
+    fn launch(script: Box<Script>, tls: Option<TlsConfig>) -> io::Result<Receiver> {
         let listener = TcpListener::bind("127.0.0.1:0")?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;

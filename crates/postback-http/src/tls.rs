@@ -22,12 +22,10 @@ pub(crate) fn root_store(roots: &Roots) -> Result<RootCertStore, BuildError> {
         Roots::Mozilla => store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
         Roots::Only(certs) => {
             for (index, cert) in certs.iter().enumerate() {
-                store
-                    .add(cert.clone())
-                    .map_err(|e| BuildError::Root {
-                        index,
-                        reason: e.to_string(),
-                    })?;
+                store.add(cert.clone()).map_err(|e| BuildError::Root {
+                    index,
+                    reason: e.to_string(),
+                })?;
             }
         }
     }

@@ -39,7 +39,7 @@ impl std::fmt::Debug for UreqTransport {
 impl UreqTransport {
     /// A transport with this configuration.
     pub fn new(config: Config) -> Result<UreqTransport, BuildError> {
-        let mut builder = UreqConfig::builder()
+        let builder = UreqConfig::builder()
             .max_redirects(0) // a 3xx comes back as a response, and the engine counts it
             .max_redirects_will_error(false)
             .http_status_as_error(false) // so does a 4xx or 5xx
@@ -54,7 +54,7 @@ impl UreqTransport {
             .max_idle_connections_per_host(config.idle_per_host)
             .max_idle_age(config.idle_timeout);
         #[cfg(feature = "tls")]
-        {
+        let builder = {
             use ureq::tls::{Certificate, RootCerts, TlsConfig};
             crate::tls::root_store(&config.roots)?; // refuse bad roots now, not at send time
             let roots = match &config.roots {
@@ -70,8 +70,8 @@ impl UreqTransport {
                 .root_certs(roots)
                 .unversioned_rustls_crypto_provider(crate::tls::provider())
                 .build();
-            builder = builder.tls_config(tls);
-        }
+            builder.tls_config(tls)
+        };
         // The check sits in ureq's resolver hook: ureq connects only to what it returns (no
         // second lookup for DNS rebinding to use), while the URI keeps the host name for the
         // Host header and the TLS name check.
