@@ -18,17 +18,20 @@ pub(crate) struct Target {
 /// (`Local`); a scheme, port or IP literal the policy forbids is `Forbidden`. Host names are
 /// left to the checked resolver, which sees what they resolve to.
 pub(crate) fn precheck(policy: &NetPolicy, uri: &http::Uri) -> Result<Target, Failure> {
-    let Ok(url) = Url::parse(&uri.to_string()) else {
+    let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
         return Err(Failure::Local(
             "the request's URL is not an absolute http(s) URL".to_owned(),
         ));
     };
-    let scheme = url.scheme();
-    if scheme != "http" && scheme != "https" {
-        return Err(Failure::Local(format!(
-            "scheme `{scheme}` cannot be sent: postbacks go over http or https"
-        )));
-    }
+    let default_port = match scheme {
+        "http" => 80,
+        "https" => 443,
+        _ => {
+            return Err(Failure::Local(format!(
+                "scheme `{scheme}` cannot be sent: postbacks go over http or https"
+            )));
+        }
+    };
     if !policy.schemes.iter().any(|s| s == scheme) {
         return Err(forbidden(&NetError::Scheme(scheme.to_owned())));
     }
@@ -39,27 +42,41 @@ pub(crate) fn precheck(policy: &NetPolicy, uri: &http::Uri) -> Result<Target, Fa
                 .to_owned(),
         ));
     }
-    let port = url.port_or_known_default().unwrap_or(80);
+    let port = authority.port_u16().unwrap_or(default_port);
     if let Some(ports) = &policy.ports {
         if !ports.contains(&port) {
             return Err(forbidden(&NetError::Port(port)));
         }
     }
-    let ip = match url.host() {
-        Some(Host::Ipv4(a)) => Some(a.into()),
-        Some(Host::Ipv6(a)) => Some(a.into()),
-        Some(Host::Domain(_)) => None,
-        None => {
-            return Err(Failure::Local("the request's URL has no host".to_owned()));
-        }
-    };
-    if let Some(ip) = ip {
-        policy.check_ip(ip).map_err(|e| forbidden(&e))?;
+    let host = authority.host();
+    // Anything but a plain host name is parsed the way the URL standard does, so that every
+    // spelling of an address (`2130706433`, `0x7f.1`, `127.1`, `[::ffff:7f00:1]`, a trailing
+    // dot) is judged as the address it is.
+    if !is_plain_name(host) {
+        let checked = match Host::parse(host) {
+            Ok(Host::Ipv4(a)) => policy.check_ip(a.into()),
+            Ok(Host::Ipv6(a)) => policy.check_ip(a.into()),
+            Ok(Host::Domain(_)) => Ok(()), // a name after all: the resolver's turn
+            Err(_) => {
+                return Err(Failure::Local(
+                    "the request's URL has a host that is not valid".to_owned(),
+                ));
+            }
+        };
+        checked.map_err(|e| forbidden(&e))?;
     }
-    let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
-    Ok(Target {
-        key: format!("{scheme}://{host}:{port}"),
-    })
+    let key = format!("{scheme}://{}:{port}", host.to_ascii_lowercase());
+    Ok(Target { key })
+}
+
+/// Whether `host` is a host name as written (ASCII letters, digits, `-` and `.`) whose last
+/// label cannot be a number, so that no URL parser reads it as an address.
+fn is_plain_name(host: &str) -> bool {
+    let plain = host
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    let last = host.trim_end_matches('.').rsplit('.').next().unwrap_or("");
+    plain && last.bytes().next().is_some_and(|b| b.is_ascii_alphabetic())
 }
 
 /// A policy refusal as the engine records it.
@@ -177,11 +194,13 @@ mod tests {
             "[::ffff:7f00:1]",
             "[::1]",
             "169.254.169.254",
+            "127.0.0.1.",
         ] {
             let r = precheck(&policy, &uri(&format!("http://{host}:8080/pb")));
             assert!(matches!(r, Err(Failure::Forbidden(_))), "{host}: {r:?}");
         }
         assert!(precheck(&policy, &uri("http://93.184.215.14/pb")).is_ok());
+        assert!(precheck(&policy, &uri("http://t.example/pb")).is_ok());
     }
 
     #[test]

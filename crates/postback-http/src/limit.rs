@@ -25,8 +25,15 @@ fn no_slot(key: &str, max: usize, waited: Duration) -> Failure {
 #[derive(Debug)]
 pub(crate) struct BlockingSlots {
     max: usize,
-    busy: Mutex<HashMap<String, usize>>,
+    state: Mutex<Busy>,
     freed: Condvar,
+}
+
+/// Requests in flight per host, and how many threads wait for a slot.
+#[derive(Debug, Default)]
+struct Busy {
+    hosts: HashMap<String, usize>,
+    waiting: usize,
 }
 
 /// A held slot; freed on drop.
@@ -39,41 +46,46 @@ impl BlockingSlots {
     pub(crate) fn new(max: usize) -> BlockingSlots {
         BlockingSlots {
             max: max.max(1),
-            busy: Mutex::new(HashMap::new()),
+            state: Mutex::new(Busy::default()),
             freed: Condvar::new(),
         }
     }
 
     /// Take a slot for `key`, waiting up to `wait` for one.
-    pub(crate) fn acquire(&self, key: &str, wait: Duration) -> Result<BlockingSlot<'_>, Failure> {
-        let busy = lock(&self.busy);
-        let (mut busy, _) = self
-            .freed
-            .wait_timeout_while(busy, wait, |b| b.get(key).is_some_and(|n| *n >= self.max))
-            .unwrap_or_else(PoisonError::into_inner);
-        let n = busy.entry(key.to_owned()).or_insert(0);
-        if *n >= self.max {
-            return Err(no_slot(key, self.max, wait));
+    pub(crate) fn acquire(&self, key: String, wait: Duration) -> Result<BlockingSlot<'_>, Failure> {
+        let full = |b: &mut Busy| b.hosts.get(&key).is_some_and(|n| *n >= self.max);
+        let mut state = lock(&self.state);
+        if full(&mut state) {
+            state.waiting += 1;
+            state = self
+                .freed
+                .wait_timeout_while(state, wait, full)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+            state.waiting -= 1;
+            if full(&mut state) {
+                return Err(no_slot(&key, self.max, wait));
+            }
         }
-        *n += 1;
-        Ok(BlockingSlot {
-            slots: self,
-            key: key.to_owned(),
-        })
+        *state.hosts.entry(key.clone()).or_insert(0) += 1;
+        Ok(BlockingSlot { slots: self, key })
     }
 }
 
 impl Drop for BlockingSlot<'_> {
     fn drop(&mut self) {
-        let mut busy = lock(&self.slots.busy);
-        if let Some(n) = busy.get_mut(&self.key) {
+        let mut state = lock(&self.slots.state);
+        if let Some(n) = state.hosts.get_mut(&self.key) {
             *n -= 1;
             if *n == 0 {
-                busy.remove(&self.key);
+                state.hosts.remove(&self.key);
             }
         }
-        drop(busy);
-        self.slots.freed.notify_all();
+        let waiting = state.waiting > 0;
+        drop(state);
+        if waiting {
+            self.slots.freed.notify_all();
+        }
     }
 }
 
@@ -126,12 +138,13 @@ mod tests {
     #[test]
     fn a_host_with_every_slot_taken_is_refused_as_our_own_error_and_others_are_not_held_up() {
         let slots = BlockingSlots::new(2);
-        let a = slots.acquire("http://a:80", Duration::ZERO).unwrap();
-        let _b = slots.acquire("http://a:80", Duration::ZERO).unwrap();
-        let third = slots.acquire("http://a:80", Duration::ZERO);
+        let key = |k: &str| k.to_owned();
+        let a = slots.acquire(key("http://a:80"), Duration::ZERO).unwrap();
+        let _b = slots.acquire(key("http://a:80"), Duration::ZERO).unwrap();
+        let third = slots.acquire(key("http://a:80"), Duration::ZERO);
         assert!(matches!(third, Err(Failure::Local(_))));
-        assert!(slots.acquire("http://b:80", Duration::ZERO).is_ok());
+        assert!(slots.acquire(key("http://b:80"), Duration::ZERO).is_ok());
         drop(a);
-        assert!(slots.acquire("http://a:80", Duration::ZERO).is_ok());
+        assert!(slots.acquire(key("http://a:80"), Duration::ZERO).is_ok());
     }
 }

@@ -1,6 +1,7 @@
 //! The blocking transport over ureq 3.
 
 use std::io::{ErrorKind, Read};
+use std::net::{IpAddr, SocketAddr};
 
 use postback::delivery::Failure;
 use postback::transport::{NetPolicy, Transport};
@@ -100,7 +101,7 @@ impl Transport for UreqTransport {
     fn send(&self, request: Request<Vec<u8>>) -> Result<Response<Vec<u8>>, Failure> {
         let uri = request.uri().clone();
         let target = precheck(&self.policy, &uri)?;
-        let _slot = self.slots.acquire(&target.key, self.config.timeout)?;
+        let _slot = self.slots.acquire(target.key, self.config.timeout)?;
         let (parts, body) = self
             .agent
             .run(request)
@@ -140,6 +141,26 @@ impl Resolver for Checked {
         t: NextTimeout,
     ) -> Result<ResolvedSocketAddrs, Error> {
         let refuse = |f| Err(Error::Other(Box::new(Refused(f))));
+        // An IP literal needs no lookup: check it and answer at once. (ureq resolves for every
+        // request, pooled or not, and its resolver spawns a thread per lookup when a timeout is
+        // set, which costs more than the rest of a loopback exchange.)
+        if let Some(authority) = uri.authority() {
+            let literal = authority.host().trim_matches(['[', ']']).parse::<IpAddr>();
+            if let Ok(ip) = literal {
+                if let Err(e) = self.0.check_ip(ip) {
+                    return refuse(forbidden(&e));
+                }
+                let default_port = if uri.scheme_str() == Some("https") {
+                    443
+                } else {
+                    80
+                };
+                let port = authority.port_u16().unwrap_or(default_port);
+                let mut addrs = self.empty();
+                addrs.push(SocketAddr::new(ip, port));
+                return Ok(addrs);
+            }
+        }
         let addrs = match DefaultResolver::default().resolve(uri, c, t) {
             Err(Error::Io(e)) => return refuse(Failure::Dns(e.to_string())),
             other => other?,
