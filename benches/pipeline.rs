@@ -240,6 +240,24 @@ fn bench(c: &mut Criterion) {
         },
     );
 
+    // The engine's share with caches as a network exchange leaves them: the pipeline answered
+    // in process, followed by the bare client's request, against the bare request alone.
+    let instant = |r: http::Request<Vec<u8>>| {
+        black_box(&r);
+        let ok = http::Response::builder().status(200).body(b"OK".to_vec());
+        Ok(ok.expect("static response"))
+    };
+    paired(
+        "ureq, the engine answered in process and then the bare client's request",
+        &policy,
+        |c, ours| {
+            if ours {
+                pipeline(&mut engine, now, trigger(), instant);
+            }
+            bare_ureq(c)
+        },
+    );
+
     // Criterion's view: each case in turn over one set of connections.
     let clients = Clients::new(&policy);
     let mut g = c.benchmark_group("postback_over_loopback_http");
