@@ -1,8 +1,8 @@
 //! The main example: a full flow against a real HTTP receiver on 127.0.0.1.
 //!
 //! Postbacks at the three levels (plus an event, a CPC and a pixel postback) fire through the
-//! engine and a real HTTP client (the `ureq` adapter); the partner's endpoint prints what it
-//! received; the same conversion handled again creates nothing. Then a partner endpoint that
+//! engine and a real HTTP client (postback-http's `ureq` transport); the partner's endpoint
+//! prints what it received; the same conversion handled again creates nothing. Then a partner endpoint that
 //! keeps failing is retried on a compressed schedule until the postback is disabled after 25
 //! attempts and the manager notified; its debug info is shown; the partner fixes its URL, the
 //! manager enables the postback, and the held conversions reach the new URL.
@@ -11,16 +11,6 @@
 
 // Examples may read the clock; the library may not (see clippy.toml).
 #![allow(clippy::disallowed_methods)]
-
-#[allow(dead_code)]
-#[path = "adapters/clock.rs"]
-mod clock;
-#[allow(dead_code)]
-#[path = "adapters/receiver.rs"]
-mod receiver;
-#[allow(dead_code)]
-#[path = "adapters/ureq_transport.rs"]
-mod ureq_transport;
 
 use std::time::Duration;
 
@@ -33,9 +23,9 @@ use postback::registry::{Registry, Trigger};
 use postback::template::{Amount, Currency, Macro, ValueMap};
 use postback::transport::{Clock, NetPolicy, run_blocking};
 
-use clock::SystemClock;
-use receiver::{Receiver, Response};
-use ureq_transport::UreqTransport;
+use postback_http::clock::SystemClock;
+use postback_http::testing::{Receiver, Response};
+use postback_http::{Config, UreqTransport};
 
 const MANAGER: Actor = Actor::Network(ManagerId::new(1));
 
@@ -61,9 +51,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut engine = Engine::new(config, Registry::new());
     let clock = SystemClock;
     let transport = UreqTransport::new(
-        NetPolicy::default().allow_loopback(),
-        Duration::from_secs(5),
-    );
+        Config::new(NetPolicy::default().allow_loopback()).timeout(Duration::from_secs(5)),
+    )
+    .expect("a ureq transport");
 
     let (p7, p8, p9) = (PartnerId::new(7), PartnerId::new(8), PartnerId::new(9));
     let (o42, o43) = (OfferId::new(42), OfferId::new(43));

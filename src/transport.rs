@@ -2,8 +2,8 @@
 //!
 //! The crate depends on no HTTP client. A transport is anything that turns an
 //! `http::Request<Vec<u8>>` into an `http::Response<Vec<u8>>` or an error that says which
-//! [`Failure`] it was; a closure will do. The examples carry adapters for `ureq` (blocking) and
-//! `reqwest` (async), written to be copied into your project.
+//! [`Failure`] it was; a closure will do. The workspace's `postback-http` crate implements both
+//! traits for `ureq` (blocking) and `reqwest` (async), keeping the contract below.
 //!
 //! # The contract every transport must keep
 //!

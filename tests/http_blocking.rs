@@ -1,15 +1,7 @@
-//! The blocking driver over real HTTP: the `ureq` adapter of examples/adapters/ against a real
-//! receiver on 127.0.0.1, on the system clock with a compressed retry schedule (25 attempts take
+//! The blocking driver over real HTTP: postback-http's transports against a real receiver on
+//! 127.0.0.1, every behaviour once over `ureq` (module `ureq`) and once over `reqwest` on a
+//! runtime of its own (module `reqwest`), on the system clock with a compressed retry schedule (25 attempts take
 //! well under a second).
-
-#[path = "../examples/adapters/clock.rs"]
-#[allow(dead_code)]
-mod clock;
-#[path = "../examples/adapters/receiver.rs"]
-#[allow(dead_code)]
-mod receiver;
-#[path = "../examples/adapters/ureq_transport.rs"]
-mod ureq_transport;
 
 use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::time::Duration;
@@ -25,9 +17,10 @@ use postback::transport::{
     Classify, Clock, IpRange, NetPolicy, RunReport, Transport, run_blocking, step_blocking,
 };
 
-use clock::SystemClock;
-use receiver::{Receiver, Response};
-use ureq_transport::UreqTransport;
+use postback::delivery::Failure;
+use postback_http::clock::SystemClock;
+use postback_http::testing::{Receiver, Response};
+use postback_http::{Config, ReqwestTransport, UreqTransport};
 
 const PARTNER: PartnerId = PartnerId::new(7);
 const OFFER: OfferId = OfferId::new(42);
@@ -76,9 +69,39 @@ fn fire(engine: &mut Engine, click: &str) {
     assert_eq!(fired.deliveries.len(), 1, "{fired:?}");
 }
 
+#[derive(Debug, Clone, Copy)]
+enum Client {
+    Ureq,
+    Reqwest,
+}
+
+/// A blocking transport of either client (a closure is a `Transport`).
+type Blocking = Box<dyn Fn(http::Request<Vec<u8>>) -> Result<http::Response<Vec<u8>>, Failure>>;
+
 /// A transport for loopback receivers.
-fn loopback(timeout: Duration) -> UreqTransport {
-    UreqTransport::new(NetPolicy::default().allow_loopback(), timeout)
+fn loopback(client: Client, timeout: Duration) -> Blocking {
+    transport(client, NetPolicy::default().allow_loopback(), timeout)
+}
+
+/// A transport with this policy and timeout, the crate's defaults otherwise.
+fn transport(client: Client, policy: NetPolicy, timeout: Duration) -> Blocking {
+    let config = Config::new(policy).timeout(timeout);
+    match client {
+        Client::Ureq => {
+            let t = UreqTransport::new(config).unwrap();
+            Box::new(move |request| t.send(request))
+        }
+        Client::Reqwest => {
+            let t = ReqwestTransport::new(config).unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            Box::new(move |request| {
+                rt.block_on(postback::transport::AsyncTransport::send(&t, request))
+            })
+        }
+    }
 }
 
 /// Run until nothing is scheduled (at most 30 s), collecting the events.
@@ -108,8 +131,7 @@ fn step(engine: &mut Engine, transport: &impl Transport) -> Vec<Event> {
     events
 }
 
-#[test]
-fn a_postback_answered_200_is_delivered_on_the_first_attempt() {
+fn a_postback_answered_200_is_delivered_on_the_first_attempt(client: Client) {
     let receiver = Receiver::start(|_, _| Response::ok());
     let mut engine = engine(
         &receiver.url("/pb?cid={sub1}"),
@@ -117,7 +139,7 @@ fn a_postback_answered_200_is_delivered_on_the_first_attempt() {
     );
     fire(&mut engine, "clk-1");
 
-    let (report, events) = run(&mut engine, &loopback(Duration::from_secs(5)));
+    let (report, events) = run(&mut engine, &loopback(client, Duration::from_secs(5)));
 
     assert_eq!((report.sent, report.handled), (1, 1));
     let [Event::Delivered { record }] = events.as_slice() else {
@@ -134,8 +156,9 @@ fn a_postback_answered_200_is_delivered_on_the_first_attempt() {
     assert!(engine.is_idle());
 }
 
-#[test]
-fn a_partner_answering_500_gets_exactly_25_attempts_and_then_the_postback_is_disabled() {
+fn a_partner_answering_500_gets_exactly_25_attempts_and_then_the_postback_is_disabled(
+    client: Client,
+) {
     let receiver = Receiver::start(|_, _| Response::status(500).body("down"));
     let mut engine = engine(
         &receiver.url("/pb?cid={sub1}"),
@@ -143,7 +166,7 @@ fn a_partner_answering_500_gets_exactly_25_attempts_and_then_the_postback_is_dis
     );
     fire(&mut engine, "clk-1");
 
-    let (report, events) = run(&mut engine, &loopback(Duration::from_secs(5)));
+    let (report, events) = run(&mut engine, &loopback(client, Duration::from_secs(5)));
 
     assert_eq!(receiver.count(), 25);
     assert_eq!(report.sent, 25);
@@ -195,8 +218,7 @@ fn a_partner_answering_500_gets_exactly_25_attempts_and_then_the_postback_is_dis
     assert_eq!(engine.deliveries_of(POSTBACK).count(), 1);
 }
 
-#[test]
-fn a_302_counts_as_a_failure_and_its_location_is_never_followed() {
+fn a_302_counts_as_a_failure_and_its_location_is_never_followed(client: Client) {
     let receiver = Receiver::start(|req, _| {
         if req.path() == "/pb" {
             Response::status(302).header("Location", "/internal/admin")
@@ -208,7 +230,7 @@ fn a_302_counts_as_a_failure_and_its_location_is_never_followed() {
     let mut engine = engine(&receiver.url("/pb?cid={sub1}"), config);
     fire(&mut engine, "clk-1");
 
-    let (_, events) = run(&mut engine, &loopback(Duration::from_secs(5)));
+    let (_, events) = run(&mut engine, &loopback(client, Duration::from_secs(5)));
 
     let paths: Vec<String> = receiver.requests().iter().map(|r| r.path()).collect();
     assert_eq!(paths, ["/pb", "/pb", "/pb"]);
@@ -230,8 +252,7 @@ fn a_302_counts_as_a_failure_and_its_location_is_never_followed() {
     );
 }
 
-#[test]
-fn a_partner_that_stalls_is_recorded_as_a_timeout() {
+fn a_partner_that_stalls_is_recorded_as_a_timeout(client: Client) {
     let receiver = Receiver::start(|_, _| Response::stall(Duration::from_secs(20)));
     let mut engine = engine(
         &receiver.url("/pb?cid={sub1}"),
@@ -241,7 +262,7 @@ fn a_partner_that_stalls_is_recorded_as_a_timeout() {
 
     #[allow(clippy::disallowed_methods)]
     let started = std::time::SystemTime::now();
-    let events = step(&mut engine, &loopback(Duration::from_millis(300)));
+    let events = step(&mut engine, &loopback(client, Duration::from_millis(300)));
     let waited = started.elapsed().unwrap_or_default();
 
     assert!(waited < Duration::from_secs(5), "took {waited:?}");
@@ -265,8 +286,7 @@ fn a_partner_that_stalls_is_recorded_as_a_timeout() {
     assert_eq!(receiver.exchanges()[0].1, None, "the receiver stalled");
 }
 
-#[test]
-fn a_host_name_that_resolves_to_a_forbidden_address_is_refused_before_connecting() {
+fn a_host_name_that_resolves_to_a_forbidden_address_is_refused_before_connecting(client: Client) {
     let receiver = Receiver::start(|_, _| Response::ok());
     // `localhost` passes the engine's configuration check (which allows loopback), but the
     // transport's policy forbids loopback: the name resolves to 127.0.0.1 (or ::1) and is refused.
@@ -279,7 +299,7 @@ fn a_host_name_that_resolves_to_a_forbidden_address_is_refused_before_connecting
 
     let events = step(
         &mut engine,
-        &UreqTransport::new(NetPolicy::default(), Duration::from_secs(5)),
+        &transport(client, NetPolicy::default(), Duration::from_secs(5)),
     );
 
     let [
@@ -300,11 +320,16 @@ fn a_host_name_that_resolves_to_a_forbidden_address_is_refused_before_connecting
         "{}",
         d.attempts()[0].body
     );
-    assert_eq!(receiver.count(), 0, "nothing reached the receiver");
+    assert_eq!(
+        receiver.connections(),
+        0,
+        "no connection reached the receiver"
+    );
 }
 
-#[test]
-fn an_address_the_transport_policy_forbids_is_refused_even_when_the_configuration_allowed_it() {
+fn an_address_the_transport_policy_forbids_is_refused_even_when_the_configuration_allowed_it(
+    client: Client,
+) {
     let receiver = Receiver::start(|_, _| Response::ok());
     let mut engine = engine(
         &receiver.url("/pb?cid={sub1}"),
@@ -317,7 +342,7 @@ fn an_address_the_transport_policy_forbids_is_refused_even_when_the_configuratio
 
     let events = step(
         &mut engine,
-        &UreqTransport::new(policy, Duration::from_secs(5)),
+        &transport(client, policy, Duration::from_secs(5)),
     );
 
     assert!(
@@ -331,13 +356,12 @@ fn an_address_the_transport_policy_forbids_is_refused_even_when_the_configuratio
         ),
         "{events:?}"
     );
-    assert_eq!(receiver.count(), 0);
+    assert_eq!(receiver.connections(), 0);
 }
 
-#[test]
-fn forbidden_ip_literals_in_every_spelling_are_refused_by_the_transport() {
+fn forbidden_ip_literals_in_every_spelling_are_refused_by_the_transport(client: Client) {
     let receiver = Receiver::start(|_, _| Response::ok());
-    let transport = UreqTransport::new(NetPolicy::default(), Duration::from_secs(5));
+    let transport = transport(client, NetPolicy::default(), Duration::from_secs(5));
     let port = receiver.addr().port();
 
     // 127.0.0.1 as written, as one decimal number, and IPv4-mapped IPv6.
@@ -352,11 +376,10 @@ fn forbidden_ip_literals_in_every_spelling_are_refused_by_the_transport() {
             "{host}"
         );
     }
-    assert_eq!(receiver.count(), 0);
+    assert_eq!(receiver.connections(), 0);
 }
 
-#[test]
-fn a_refused_connection_is_classified_as_connect() {
+fn a_refused_connection_is_classified_as_connect(client: Client) {
     // A port that was just free: nothing listens there.
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -369,7 +392,7 @@ fn a_refused_connection_is_classified_as_connect() {
     );
     fire(&mut engine, "clk-1");
 
-    let events = step(&mut engine, &loopback(Duration::from_secs(5)));
+    let events = step(&mut engine, &loopback(client, Duration::from_secs(5)));
 
     assert!(
         matches!(
@@ -384,8 +407,7 @@ fn a_refused_connection_is_classified_as_connect() {
     );
 }
 
-#[test]
-fn the_partner_receives_the_expanded_template_byte_for_byte() {
+fn the_partner_receives_the_expanded_template_byte_for_byte(client: Client) {
     let receiver = Receiver::start(|_, _| Response::ok());
     let template = "/pb/{sub2}?cid={sub1}&payout={payout}&currency={currency}&dedupe={delivery_id}";
     let config = EngineConfig::default().idempotency_header("Idempotency-Key");
@@ -397,7 +419,7 @@ fn the_partner_receives_the_expanded_template_byte_for_byte() {
     };
     let delivery = format!("1001.{pb}.conversion.0");
 
-    let _ = run(&mut engine, &loopback(Duration::from_secs(5)));
+    let _ = run(&mut engine, &loopback(client, Duration::from_secs(5)));
 
     let [request] = receiver
         .requests()
@@ -416,15 +438,14 @@ fn the_partner_receives_the_expanded_template_byte_for_byte() {
     );
 }
 
-#[test]
-fn deliveries_to_one_partner_share_one_keep_alive_connection() {
+fn deliveries_to_one_partner_share_one_keep_alive_connection(client: Client) {
     let receiver = Receiver::start(|_, _| Response::status(204));
     let mut engine = engine(&receiver.url("/pb?cid={sub1}"), EngineConfig::default());
     for i in 0..5 {
         fire(&mut engine, &format!("clk-{i}"));
     }
 
-    let (report, events) = run(&mut engine, &loopback(Duration::from_secs(5)));
+    let (report, events) = run(&mut engine, &loopback(client, Duration::from_secs(5)));
 
     assert_eq!(report.sent, 5);
     assert_eq!(
@@ -437,3 +458,27 @@ fn deliveries_to_one_partner_share_one_keep_alive_connection() {
     let connections: Vec<usize> = receiver.requests().iter().map(|r| r.connection).collect();
     assert_eq!(connections, [0, 0, 0, 0, 0]);
 }
+
+macro_rules! for_both_clients {
+    ($($behaviour:ident),* $(,)?) => {
+        mod ureq {
+            $(#[test] fn $behaviour() { super::$behaviour(super::Client::Ureq) })*
+        }
+        mod reqwest {
+            $(#[test] fn $behaviour() { super::$behaviour(super::Client::Reqwest) })*
+        }
+    };
+}
+
+for_both_clients!(
+    a_postback_answered_200_is_delivered_on_the_first_attempt,
+    a_partner_answering_500_gets_exactly_25_attempts_and_then_the_postback_is_disabled,
+    a_302_counts_as_a_failure_and_its_location_is_never_followed,
+    a_partner_that_stalls_is_recorded_as_a_timeout,
+    a_host_name_that_resolves_to_a_forbidden_address_is_refused_before_connecting,
+    an_address_the_transport_policy_forbids_is_refused_even_when_the_configuration_allowed_it,
+    forbidden_ip_literals_in_every_spelling_are_refused_by_the_transport,
+    a_refused_connection_is_classified_as_connect,
+    the_partner_receives_the_expanded_template_byte_for_byte,
+    deliveries_to_one_partner_share_one_keep_alive_connection,
+);

@@ -1,18 +1,10 @@
-//! The async driver over real HTTP: the `reqwest` adapter of examples/adapters/ against a real
-//! receiver on 127.0.0.1, on tokio. First the adapter's contract (no redirects, timeouts,
+//! The async driver over real HTTP: postback-http's `reqwest` transport against a real
+//! receiver on 127.0.0.1, on tokio. First the transport's contract (no redirects, timeouts,
 //! forbidden addresses refused), then 10,000 conversions with bounded concurrency, every
-//! delivery id counted by the receiver.
+//! delivery id counted by the receiver, over each client: reqwest, and the blocking ureq
+//! transport on tokio's blocking threads.
 //!
 //! Throughput is printed; see it with `cargo test --release --test http_load -- --nocapture`.
-
-#[path = "../examples/adapters/clock.rs"]
-#[allow(dead_code)]
-mod clock;
-#[path = "../examples/adapters/receiver.rs"]
-#[allow(dead_code)]
-mod receiver;
-#[path = "../examples/adapters/reqwest_transport.rs"]
-mod reqwest_transport;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -26,9 +18,9 @@ use postback::registry::{Registry, Trigger};
 use postback::template::{Macro, ValueMap};
 use postback::transport::{AsyncClock, AsyncTransport, NetPolicy, run_async};
 
-use clock::TokioClock;
-use receiver::{Receiver, Response};
-use reqwest_transport::ReqwestTransport;
+use postback_http::clock::TokioClock;
+use postback_http::testing::{Receiver, Response};
+use postback_http::{Config, ReqwestTransport, UreqTransport};
 
 const PARTNER: PartnerId = PartnerId::new(7);
 const OFFER: OfferId = OfferId::new(42);
@@ -40,11 +32,19 @@ const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
 static LOAD: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn loopback() -> ReqwestTransport {
-    ReqwestTransport::new(
+    transport(
         NetPolicy::default().allow_loopback(),
         Duration::from_secs(10),
     )
-    .unwrap()
+}
+
+/// A transport with this policy and timeout, the crate's defaults otherwise (the load runs keep
+/// at most `CONCURRENCY` requests in flight, all to one host).
+fn transport(policy: NetPolicy, timeout: Duration) -> ReqwestTransport {
+    let config = Config::new(policy)
+        .timeout(timeout)
+        .max_connections_per_host(CONCURRENCY);
+    ReqwestTransport::new(config).unwrap()
 }
 
 fn get(url: &str) -> http::Request<Vec<u8>> {
@@ -71,11 +71,10 @@ async fn the_async_transport_returns_a_302_and_never_follows_it() {
 #[tokio::test]
 async fn the_async_transport_reports_a_stalled_partner_as_a_timeout() {
     let receiver = Receiver::start(|_, _| Response::stall(Duration::from_secs(20)));
-    let transport = ReqwestTransport::new(
+    let transport = transport(
         NetPolicy::default().allow_loopback(),
         Duration::from_millis(300),
-    )
-    .unwrap();
+    );
 
     let result = send(&transport, &receiver.url("/pb?cid=1")).await;
 
@@ -85,7 +84,7 @@ async fn the_async_transport_reports_a_stalled_partner_as_a_timeout() {
 #[tokio::test]
 async fn the_async_transport_refuses_a_host_name_that_resolves_to_a_forbidden_address() {
     let receiver = Receiver::start(|_, _| Response::ok());
-    let transport = ReqwestTransport::new(NetPolicy::default(), Duration::from_secs(5)).unwrap();
+    let transport = transport(NetPolicy::default(), Duration::from_secs(5));
 
     let url = format!("http://localhost:{}/pb?cid=1", receiver.addr().port());
     let result = send(&transport, &url).await;
@@ -94,13 +93,13 @@ async fn the_async_transport_refuses_a_host_name_that_resolves_to_a_forbidden_ad
         matches!(&result, Err(Failure::Forbidden(why)) if why.contains("loopback")),
         "{result:?}"
     );
-    assert_eq!(receiver.count(), 0);
+    assert_eq!(receiver.connections(), 0);
 }
 
 #[tokio::test]
 async fn the_async_transport_refuses_forbidden_ip_literals_in_every_spelling() {
     let receiver = Receiver::start(|_, _| Response::ok());
-    let transport = ReqwestTransport::new(NetPolicy::default(), Duration::from_secs(5)).unwrap();
+    let transport = transport(NetPolicy::default(), Duration::from_secs(5));
     let port = receiver.addr().port();
 
     // 127.0.0.1 as written, as one decimal number, and IPv4-mapped IPv6 (which the URL parser
@@ -112,7 +111,7 @@ async fn the_async_transport_refuses_forbidden_ip_literals_in_every_spelling() {
             "{host}: {result:?}"
         );
     }
-    assert_eq!(receiver.count(), 0);
+    assert_eq!(receiver.connections(), 0);
 }
 
 /// An engine with one postback to the receiver that carries the delivery id twice: in the URL
@@ -147,21 +146,53 @@ struct Load {
     seconds: f64,
 }
 
-/// Fire `CONVERSIONS` conversions and run them all through the async driver.
-async fn load(engine: &mut Engine) -> Load {
+/// Which client carries a load run.
+#[derive(Debug, Clone, Copy)]
+enum Client {
+    Reqwest,
+    Ureq,
+}
+
+/// The blocking ureq transport as an async one: each send on tokio's blocking threads.
+fn ureq_on_tokio(transport: UreqTransport) -> impl AsyncTransport<Error = Failure> + Sync {
+    move |request: http::Request<Vec<u8>>| {
+        let transport = transport.clone();
+        async move {
+            let sent = tokio::task::spawn_blocking(move || {
+                postback::transport::Transport::send(&transport, request)
+            });
+            sent.await.unwrap_or(Err(Failure::Interrupted))
+        }
+    }
+}
+
+/// Fire `CONVERSIONS` conversions and run them all through the async driver over `client`.
+async fn load(engine: &mut Engine, client: Client) -> Load {
+    match client {
+        Client::Reqwest => load_over(engine, &loopback()).await,
+        Client::Ureq => {
+            let config = Config::new(NetPolicy::default().allow_loopback())
+                .timeout(Duration::from_secs(10))
+                .max_connections_per_host(CONCURRENCY);
+            let transport = UreqTransport::new(config).unwrap();
+            load_over(engine, &ureq_on_tokio(transport)).await
+        }
+    }
+}
+
+async fn load_over<T: AsyncTransport + Sync>(engine: &mut Engine, transport: &T) -> Load {
     for i in 0..CONVERSIONS {
         let trigger = Trigger::conversion(i as u64, PARTNER, OFFER);
         let values = ValueMap::new().with(Macro::SUB1, format!("clk-{i}").as_str());
         let fired = engine.handle_trigger(TokioClock.now(), &trigger, &values);
         assert_eq!(fired.deliveries.len(), 1);
     }
-    let transport = loopback();
     let (mut delivered, mut retries, mut other_events) = (0, 0, Vec::new());
     let start = TokioClock.now();
     let deadline = start + TimeDelta::seconds(120);
     let report = run_async(
         engine,
-        &transport,
+        transport,
         &TokioClock,
         CONCURRENCY,
         deadline,
@@ -205,14 +236,23 @@ fn by_delivery_id(receiver: &Receiver) -> HashMap<String, Vec<Option<u16>>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_conversions_are_each_delivered_exactly_once() {
+    all_delivered_once(Client::Reqwest).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_conversions_over_ureq_are_each_delivered_exactly_once() {
+    all_delivered_once(Client::Ureq).await;
+}
+
+async fn all_delivered_once(client: Client) {
     let _turn = LOAD.lock().await;
     let receiver = Receiver::start(|_, _| Response::ok());
     let mut engine = engine(&receiver, RetryPolicy::compressed(10_000));
 
-    let run = load(&mut engine).await;
+    let run = load(&mut engine, client).await;
 
     eprintln!(
-        "http_load: {CONVERSIONS} deliveries, all 200, concurrency {CONCURRENCY}: {:.2} s, {:.0} deliveries/s",
+        "http_load ({client:?}): {CONVERSIONS} deliveries, all 200, concurrency {CONCURRENCY}: {:.2} s, {:.0} deliveries/s",
         run.seconds,
         CONVERSIONS as f64 / run.seconds
     );
@@ -235,6 +275,16 @@ fn splitmix(mut x: u64) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_30_percent_of_requests_failing_every_conversion_is_still_delivered_exactly_once() {
+    delivered_once_through_failures(Client::Reqwest).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_30_percent_of_requests_failing_every_conversion_over_ureq_is_still_delivered_exactly_once()
+ {
+    delivered_once_through_failures(Client::Ureq).await;
+}
+
+async fn delivered_once_through_failures(client: Client) {
     const SEED: u64 = 0x5EED_2026;
     let _turn = LOAD.lock().await;
     // Request number n fails with 503 when the seeded stream says so: about 30 in 100.
@@ -247,12 +297,12 @@ async fn with_30_percent_of_requests_failing_every_conversion_is_still_delivered
     });
     let mut engine = engine(&receiver, RetryPolicy::compressed(10_000));
 
-    let run = load(&mut engine).await;
+    let run = load(&mut engine, client).await;
 
     let exchanges = receiver.exchanges();
     let failures = exchanges.iter().filter(|(_, s)| *s != Some(200)).count();
     eprintln!(
-        "http_load: {CONVERSIONS} deliveries through {} requests ({failures} answered 503), concurrency \
+        "http_load ({client:?}): {CONVERSIONS} deliveries through {} requests ({failures} answered 503), concurrency \
          {CONCURRENCY}: {:.2} s, {:.0} deliveries/s, {:.0} requests/s",
         exchanges.len(),
         run.seconds,

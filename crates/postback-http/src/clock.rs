@@ -1,17 +1,17 @@
-//! Clocks for the drivers: the library never reads the time or sleeps, so the caller lends it a
-//! clock. Copy the one you need into your project.
+//! Clocks for the drivers: the core never reads the time or sleeps, so the caller lends it a
+//! clock.
 //!
 //! Both read the wall clock for `now` (the engine's times are `DateTime<Utc>`) and turn a wait
 //! until a wall time into a monotonic sleep of the remaining duration, so a wall-clock step
 //! during a wait only shifts that one wait.
 
-// Examples may read the clock and sleep; the library may not (see clippy.toml).
+// The one place this crate reads the clock and sleeps (see clippy.toml at the workspace root).
 #![allow(clippy::disallowed_methods)]
 
 use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Utc};
-use postback::transport::{AsyncClock, Clock};
+use postback::transport::Clock;
 
 fn wall() -> DateTime<Utc> {
     DateTime::from(SystemTime::now())
@@ -22,7 +22,7 @@ fn until(t: DateTime<Utc>) -> Duration {
     (t - wall()).to_std().unwrap_or_default()
 }
 
-/// The system clock, sleeping the thread: for `run_blocking`.
+/// The system clock, sleeping the thread: for [`postback::transport::run_blocking`].
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SystemClock;
 
@@ -36,11 +36,14 @@ impl Clock for SystemClock {
     }
 }
 
-/// The system clock, sleeping on tokio's timer: for `run_async` on a tokio runtime.
+/// The system clock, sleeping on tokio's timer: for [`postback::transport::run_async`] on a
+/// tokio runtime.
+#[cfg(feature = "reqwest")]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TokioClock;
 
-impl AsyncClock for TokioClock {
+#[cfg(feature = "reqwest")]
+impl postback::transport::AsyncClock for TokioClock {
     fn now(&self) -> DateTime<Utc> {
         wall()
     }

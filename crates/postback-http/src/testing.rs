@@ -1,8 +1,7 @@
-//! A real HTTP/1.1 partner for tests and examples: std only, listening on 127.0.0.1 (a port the
-//! system picks), one thread per connection, keep-alive, answering from a script and recording
-//! every request exactly as it arrived.
-//!
-//! Include it with `#[path = "../examples/adapters/receiver.rs"] mod receiver;`.
+//! A real HTTP/1.1 partner for tests and examples (feature `test-support`): std threads,
+//! listening on 127.0.0.1 (a port the system picks), plain or over TLS (with the `tls` feature),
+//! one thread per connection, keep-alive, answering from a script and recording every request
+//! exactly as it arrived, and counting every connection accepted.
 //!
 //! Everything is bounded so a test cannot hang: at most [`MAX_CONNECTIONS`] connections at once,
 //! heads up to 64 KiB and bodies up to 1 MiB, idle connections closed after 30 s, and on shut
@@ -15,6 +14,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
+
+#[cfg(feature = "tls")]
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 /// Connections served at once; more are closed on arrival.
 pub const MAX_CONNECTIONS: usize = 256;
@@ -114,6 +116,11 @@ impl Response {
     }
 }
 
+#[cfg(feature = "tls")]
+type TlsConfig = Arc<rustls::ServerConfig>;
+#[cfg(not(feature = "tls"))]
+type TlsConfig = std::convert::Infallible;
+
 type Script = dyn Fn(&Request, usize) -> Response + Send + Sync;
 
 struct Shared {
@@ -123,6 +130,9 @@ struct Shared {
     seq: AtomicUsize,
     stop: AtomicBool,
     active: AtomicUsize,
+    accepted: AtomicUsize,
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    tls: Option<TlsConfig>,
     workers: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -133,6 +143,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// A running receiver. Stops (and joins every thread) on [`Receiver::shutdown`] or drop.
 pub struct Receiver {
     addr: SocketAddr,
+    scheme: &'static str,
     shared: Arc<Shared>,
     acceptor: Option<JoinHandle<()>>,
 }
@@ -140,30 +151,78 @@ pub struct Receiver {
 impl Receiver {
     /// Listen on 127.0.0.1 and answer request number `n` (from 1, across all connections) with
     /// `script(&request, n)`.
+    ///
+    /// # Panics
+    ///
+    /// If no port on 127.0.0.1 can be bound or no thread started (a test cannot go on then); see
+    /// [`Receiver::try_start`].
     pub fn start(script: impl Fn(&Request, usize) -> Response + Send + Sync + 'static) -> Receiver {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        listener
-            .set_nonblocking(true)
-            .expect("a non-blocking listener");
-        let addr = listener.local_addr().expect("local address");
+        Receiver::try_start(script).expect("a receiver on 127.0.0.1")
+    }
+
+    /// [`Receiver::start`], returning the error instead.
+    pub fn try_start(
+        script: impl Fn(&Request, usize) -> Response + Send + Sync + 'static,
+    ) -> io::Result<Receiver> {
+        Receiver::launch(Box::new(script), None)
+    }
+
+    /// Listen on 127.0.0.1 over TLS with this certificate chain and key (a self-signed
+    /// certificate for `127.0.0.1` will do; make the client trust it with
+    /// [`Roots::Only`](crate::Roots::Only)).
+    ///
+    /// # Panics
+    ///
+    /// As [`Receiver::start`], and if rustls refuses the certificate or key; see
+    /// [`Receiver::try_start_tls`].
+    #[cfg(feature = "tls")]
+    pub fn start_tls(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        script: impl Fn(&Request, usize) -> Response + Send + Sync + 'static,
+    ) -> Receiver {
+        Receiver::try_start_tls(chain, key, script).expect("a TLS receiver on 127.0.0.1")
+    }
+
+    /// [`Receiver::start_tls`], returning the error instead.
+    #[cfg(feature = "tls")]
+    pub fn try_start_tls(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        script: impl Fn(&Request, usize) -> Response + Send + Sync + 'static,
+    ) -> io::Result<Receiver> {
+        let config = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .and_then(|b| b.with_no_client_auth().with_single_cert(chain, key))
+            .map_err(io::Error::other)?;
+        Receiver::launch(Box::new(script), Some(Arc::new(config)))
+    }
+
+    fn launch(script: Box<Script>, tls: Option<TlsConfig>) -> io::Result<Receiver> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let shared = Arc::new(Shared {
-            script: Box::new(script),
+            script,
             log: Mutex::new(Vec::new()),
             seq: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
             active: AtomicUsize::new(0),
+            accepted: AtomicUsize::new(0),
+            tls,
             workers: Mutex::new(Vec::new()),
         });
         let s = Arc::clone(&shared);
         let acceptor = std::thread::Builder::new()
             .name("receiver-accept".into())
-            .spawn(move || accept_loop(&listener, &s))
-            .expect("spawn the accept thread");
-        Receiver {
+            .spawn(move || accept_loop(&listener, &s))?;
+        Ok(Receiver {
             addr,
+            scheme,
             shared,
             acceptor: Some(acceptor),
-        }
+        })
     }
 
     /// Where it listens.
@@ -171,9 +230,14 @@ impl Receiver {
         self.addr
     }
 
-    /// `http://127.0.0.1:PORT` followed by `path_and_query`.
+    /// `http://127.0.0.1:PORT` (`https://` over TLS) followed by `path_and_query`.
     pub fn url(&self, path_and_query: &str) -> String {
-        format!("http://{}{path_and_query}", self.addr)
+        format!("{}://{}{path_and_query}", self.scheme, self.addr)
+    }
+
+    /// Connections accepted so far (whether or not a request came on them).
+    pub fn connections(&self) -> usize {
+        self.shared.accepted.load(Ordering::SeqCst)
     }
 
     /// Requests received so far.
@@ -237,6 +301,7 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
                 continue;
             }
         };
+        shared.accepted.fetch_add(1, Ordering::SeqCst);
         if shared.active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
             shared.active.fetch_sub(1, Ordering::SeqCst);
             continue;
@@ -263,10 +328,78 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
     }
 }
 
-fn serve(mut stream: TcpStream, connection: usize, shared: &Shared) {
-    let _ = stream.set_read_timeout(Some(TICK));
-    let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
-    let _ = stream.set_nodelay(true);
+/// A connection, plain or TLS.
+enum Stream {
+    Plain(TcpStream),
+    #[cfg(feature = "tls")]
+    Tls(Box<rustls::StreamOwned<rustls::ServerConnection, TcpStream>>),
+}
+
+impl Stream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => &s.sock,
+        }
+    }
+
+    fn shutdown(&mut self) {
+        #[cfg(feature = "tls")]
+        if let Stream::Tls(s) = self {
+            s.conn.send_close_notify();
+            let _ = s.flush();
+        }
+        let _ = self.tcp().shutdown(Shutdown::Both);
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.flush(),
+        }
+    }
+}
+
+fn serve(tcp: TcpStream, connection: usize, shared: &Shared) {
+    let _ = tcp.set_read_timeout(Some(TICK));
+    let _ = tcp.set_write_timeout(Some(Duration::from_secs(5)));
+    let _ = tcp.set_nodelay(true);
+    let mut stream = match () {
+        #[cfg(feature = "tls")]
+        () if shared.tls.is_some() => {
+            let Some(Ok(conn)) = shared
+                .tls
+                .as_ref()
+                .map(|c| rustls::ServerConnection::new(Arc::clone(c)))
+            else {
+                return;
+            };
+            Stream::Tls(Box::new(rustls::StreamOwned::new(conn, tcp)))
+        }
+        () => Stream::Plain(tcp),
+    };
     let mut buf = Vec::new();
     while let Some((request, keep_alive)) = read_request(&mut stream, &mut buf, connection, shared)
     {
@@ -281,15 +414,18 @@ fn serve(mut stream: TcpStream, connection: usize, shared: &Shared) {
                 nap(TICK);
                 waited += TICK;
             }
-            let _ = stream.shutdown(Shutdown::Both);
+            stream.shutdown();
             return;
         }
         let close = !keep_alive
             || response.headers.iter().any(|(k, v)| {
                 k.eq_ignore_ascii_case("connection") && v.eq_ignore_ascii_case("close")
             });
-        if stream.write_all(&encode(&response, close)).is_err() || close {
-            let _ = stream.shutdown(Shutdown::Both);
+        let written = stream
+            .write_all(&encode(&response, close))
+            .and_then(|()| stream.flush());
+        if written.is_err() || close {
+            stream.shutdown();
             return;
         }
     }
@@ -297,7 +433,7 @@ fn serve(mut stream: TcpStream, connection: usize, shared: &Shared) {
 
 /// Read more bytes; `None` when the peer closed, on error, when idle too long or stopping.
 fn fill(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &mut Vec<u8>,
     shared: &Shared,
     idle: &mut Duration,
@@ -339,7 +475,7 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 
 /// The next request on the connection and whether the connection stays open after it.
 fn read_request(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &mut Vec<u8>,
     connection: usize,
     shared: &Shared,
