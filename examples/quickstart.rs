@@ -174,7 +174,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     println!(
-        "\n== partner 9's server fails: retried on the schedule until the postback is disabled"
+        "\n== partner 9's URL points at an endpoint it moved: retried on the schedule until the postback is disabled"
     );
     let before = partner.count();
     for (id, offer, click) in [
