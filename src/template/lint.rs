@@ -211,8 +211,20 @@ const SECRET_NAMES: [&str; 13] = [
     "session", "nonce",
 ];
 
+/// The first letters of [`SECRET_NAMES`], so most positions of a name are passed over with one
+/// table read.
+const SECRET_FIRST: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < SECRET_NAMES.len() {
+        t[SECRET_NAMES[i].as_bytes()[0] as usize] = true;
+        i += 1;
+    }
+    t
+};
+
 /// Whether a parameter name suggests a secret. The name is read percent-decoded, so `to%6Ben`
-/// is `token` too.
+/// is `token` too, and case-insensitively. It runs for every parameter of every send.
 fn is_secret_key(key: &str) -> bool {
     let decoded: std::borrow::Cow<'_, [u8]> = if key.contains('%') {
         percent_encoding::percent_decode_str(key)
@@ -221,11 +233,20 @@ fn is_secret_key(key: &str) -> bool {
     } else {
         key.as_bytes().into()
     };
-    // Case-insensitive substring search without a lower-cased copy: it runs on every send.
-    SECRET_NAMES.iter().any(|s| {
-        decoded
-            .windows(s.len())
-            .any(|w| w.eq_ignore_ascii_case(s.as_bytes()))
+    let mut buf = [0u8; 64];
+    let lower: std::borrow::Cow<'_, [u8]> = if decoded.len() <= buf.len() {
+        let b = &mut buf[..decoded.len()];
+        b.copy_from_slice(&decoded);
+        b.make_ascii_lowercase();
+        std::borrow::Cow::Borrowed(&buf[..decoded.len()])
+    } else {
+        decoded.to_ascii_lowercase().into()
+    };
+    (0..lower.len()).any(|i| {
+        SECRET_FIRST[usize::from(lower[i])]
+            && SECRET_NAMES
+                .iter()
+                .any(|n| lower[i..].starts_with(n.as_bytes()))
     })
 }
 
