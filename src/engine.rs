@@ -36,39 +36,17 @@ use serde::{Deserialize, Serialize};
 use crate::access::{AccessError, Actor, AuditEntry, Gatekeeper, Settings};
 use crate::delivery::{
     Action, Attempt, Delivery, DeliveryError, DeliveryId, DisablePolicy, Failure, FailureClass,
-    GiveUpReason, Progress, RenderError, RetryPolicy, SendContext, State, add,
+    GiveUpReason, Progress, RetryPolicy, SendContext, State, add, render,
 };
 use crate::hash::IdMap;
-use crate::model::{DeliveryKey, Method, PartnerId, Postback, PostbackId, Purpose, TriggerId};
+use crate::model::{DeliveryKey, PartnerId, Postback, PostbackId, Purpose, TriggerId};
 use crate::net::{NetError, NetPolicy};
-use crate::registry::{
-    Outcome, Precedence, Registry, RegistryError, Resolution, SkipReason, Trigger,
-};
-use crate::template::{MacroValues, Pixel, StoredValues};
+use crate::registry::{Precedence, Registry, RegistryError, Resolution, Trigger};
+use crate::template::{MacroValues, StoredValues};
 
 pub use crate::delivery::Health;
-
-/// Why one postback could not fire.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum FireError {
-    /// Its request cannot be made from the trigger's values.
-    #[error(transparent)]
-    Render(#[from] RenderError),
-    /// The trigger would create more deliveries than [`EngineConfig::max_deliveries_per_trigger`].
-    #[error(
-        "this trigger would create more than {max} deliveries: the rest are not sent; check the partner's postbacks, or raise the limit"
-    )]
-    TooManyDeliveries {
-        /// The limit.
-        max: usize,
-    },
-    /// Every delivery id of this engine is taken.
-    #[error(
-        "the engine's delivery ids are exhausted: restore into a new engine (ids are local; delivery keys do not change)"
-    )]
-    IdsExhausted,
-}
+pub use crate::plan::{FireError, RenderedPixel, held_for};
+use crate::plan::{PlanRules, plan_trigger};
 
 /// The shortest lease honoured, whatever the configuration says: a zero lease would send every
 /// request again at once.
@@ -105,9 +83,10 @@ pub struct EngineConfig {
     /// durable store remembers every key it keeps.
     pub remembered_keys: usize,
     /// The longest value, in bytes, a postback may carry (default 1,024). A longer one is
-    /// refused when the trigger is handled ([`RenderError::ValueTooLong`]), so that one click's
-    /// oversized sub value cannot make a partner's server answer 414 until the postback is
-    /// disabled. A 413, 414 or 431 that comes back anyway ends that delivery, never counted.
+    /// refused when the trigger is handled
+    /// ([`RenderError::ValueTooLong`](crate::delivery::RenderError::ValueTooLong)), so that one
+    /// click's oversized sub value cannot make a partner's server answer 414 until the postback
+    /// is disabled. A 413, 414 or 431 that comes back anyway ends that delivery, never counted.
     pub max_value_len: usize,
     /// The most deliveries one trigger may create (default 20). Past it, each further postback
     /// is reported in [`Fired::errors`] ([`FireError::TooManyDeliveries`]), not sent: a partner
@@ -233,17 +212,6 @@ impl fmt::Debug for Transmit {
             .field("uri", &self.shown)
             .finish()
     }
-}
-
-/// A pixel or HTML postback rendered for the conversion page (the engine does not deliver
-/// those; the page does).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[non_exhaustive]
-pub struct RenderedPixel {
-    /// The postback.
-    pub postback: PostbackId,
-    /// The HTML to place in the page.
-    pub html: String,
 }
 
 /// What a trigger did.
@@ -397,57 +365,6 @@ pub enum RestoreError {
         "the snapshot's delivery id counter is exhausted ({0}): no new delivery could get an id"
     )]
     IdsExhausted(u64),
-}
-
-/// Decisions of the precedence resolution that create a held delivery rather than nothing:
-/// automatically disabled server-to-server postbacks that would have fired, so no conversion
-/// meant for them is lost while the partner's server is down.
-///
-/// - With [`Precedence::All`], every disabled match.
-/// - With [`Precedence::Override`], the disabled postbacks on the level that serves the trigger
-///   (siblings of the postbacks that fire, pixels included). When no level fires at all, those on
-///   the most specific level that has a disabled postback. A disabled postback on a more specific
-///   level than the one that fires is not held: the fall-through served its conversion, and
-///   holding it too would report the conversion twice.
-/// - A paused postback takes no new triggers, and holds nothing: a person chose to stop it (the
-///   next level serves, as for any postback that is off). Deliveries it already had are held and
-///   replay when it is resumed.
-pub fn held_for<'r>(
-    registry: &'r Registry,
-    r: &'r Resolution,
-) -> impl Iterator<Item = PostbackId> + 'r {
-    let serving = match r.precedence {
-        Precedence::All => None,
-        _ => r
-            .decisions
-            .iter()
-            .find(|d| d.fires())
-            .or_else(|| {
-                r.decisions.iter().find(|d| {
-                    matches!(
-                        d.outcome,
-                        Outcome::Skipped {
-                            why: SkipReason::Disabled
-                        }
-                    )
-                })
-            })
-            .map(|d| d.level),
-    };
-    r.decisions
-        .iter()
-        .filter(move |d| {
-            matches!(
-                d.outcome,
-                Outcome::Skipped {
-                    why: SkipReason::Disabled
-                }
-            ) && serving.is_none_or(|level| d.level == level)
-                && registry
-                    .get(d.postback)
-                    .is_some_and(|p| p.method().is_server_to_server())
-        })
-        .map(|d| d.postback)
 }
 
 /// A test fire started.
@@ -632,86 +549,46 @@ impl Engine {
     }
 
     /// A conversion, event or CPC click happened: create deliveries for the server-to-server
-    /// postbacks that fire (and held ones, see [`held_for`]), and render the pixels. A postback
-    /// this trigger id already fired gets nothing new ([`Fired::duplicates`]). One postback's bad
-    /// value does not stop the others; it is reported in [`Fired::errors`].
+    /// postbacks that fire (and held ones, see [`held_for`]), and render the pixels
+    /// ([`plan_trigger`] decides). A postback this trigger id already fired gets nothing new
+    /// ([`Fired::duplicates`]); its pixels are rendered again. One postback's bad value does not
+    /// stop the others; it is reported in [`Fired::errors`].
     pub fn handle_trigger<V: MacroValues + ?Sized>(
         &mut self,
         now: DateTime<Utc>,
         trigger: &Trigger,
         values: &V,
     ) -> Fired {
-        let resolution = self.registry.resolve(trigger);
-        let held: Vec<PostbackId> = held_for(&self.registry, &resolution).collect();
+        let rules = PlanRules {
+            max_deliveries: self.config.max_deliveries_per_trigger,
+            max_value_len: self.config.max_value_len,
+            idempotency_header: self.config.idempotency_header.as_deref(),
+        };
+        let plan = plan_trigger(&self.registry, trigger, values, &rules);
         let mut fired = Fired {
-            resolution,
+            resolution: plan.resolution,
             deliveries: Vec::new(),
-            pixels: Vec::new(),
+            pixels: plan.pixels,
             held: Vec::new(),
             duplicates: Vec::new(),
-            errors: Vec::new(),
+            errors: plan.errors,
         };
-        let firing: Vec<PostbackId> = fired.resolution.firing().collect();
-        for pid in firing {
-            let Some(pb) = self.registry.get(pid) else {
+        for p in plan.deliveries {
+            let pid = p.key.postback();
+            if self.knows(&p.key) {
+                fired.duplicates.push((pid, p.key));
                 continue;
-            };
-            let html = match pb.method() {
-                Method::ServerToServer { .. } => None,
-                Method::ImagePixel => Some(pb.template().render_pixel(Pixel::Image, values)),
-                Method::IframePixel => Some(pb.template().render_pixel(Pixel::Iframe, values)),
-                _ => Some(pb.template().expand(values)),
-            };
-            match html {
-                Some(Ok(html)) => fired.pixels.push(RenderedPixel {
-                    postback: pid,
-                    html,
-                }),
-                Some(Err(e)) => fired.errors.push((pid, RenderError::from(e).into())),
-                None => self.fire(now, trigger, pid, values, false, &mut fired),
             }
-        }
-        for pid in held {
-            self.fire(now, trigger, pid, values, true, &mut fired);
+            match self.create_delivery(now, p.key, p.values, p.delay) {
+                Ok(id) if p.held => {
+                    self.hold(id);
+                    fired.held.push((pid, id));
+                }
+                Ok(id) => fired.deliveries.push((pid, id)),
+                Err(e) => fired.errors.push((pid, e)),
+            }
         }
         fired
-    }
-
-    /// Create the delivery of `pid` for `trigger`, unless its key exists.
-    fn fire<V: MacroValues + ?Sized>(
-        &mut self,
-        now: DateTime<Utc>,
-        trigger: &Trigger,
-        pid: PostbackId,
-        values: &V,
-        held: bool,
-        fired: &mut Fired,
-    ) {
-        let key = trigger.key(pid);
-        if self.knows(&key) {
-            fired.duplicates.push((pid, key));
-            return;
-        }
-        let max = self.config.max_deliveries_per_trigger;
-        if fired.deliveries.len() + fired.held.len() >= max {
-            fired
-                .errors
-                .push((pid, FireError::TooManyDeliveries { max }));
-            return;
-        }
-        let Some(pb) = self.registry.get(pid) else {
-            return;
-        };
-        let custom: Vec<_> = pb.template().custom_macros().collect();
-        let stored = values.to_stored(&custom);
-        match self.create_delivery(now, key, stored, pb.delay()) {
-            Ok(id) if held => {
-                self.hold(id);
-                fired.held.push((pid, id));
-            }
-            Ok(id) => fired.deliveries.push((pid, id)),
-            Err(e) => fired.errors.push((pid, e)),
-        }
     }
 
     /// Fire one server-to-server postback once with `values` (say,
@@ -747,6 +624,7 @@ impl Engine {
         let key = DeliveryKey::new(trigger, postback, Purpose::Test, 0);
         let custom: Vec<_> = pb.template().custom_macros().collect();
         let stored = values.to_stored(&custom);
+        render(&key, &stored, &Self::send_context(&self.config, pb)).map_err(FireError::from)?;
         let delivery = self.create_delivery(now, key, stored, Duration::ZERO)?;
         Ok(TestFire { delivery, audit })
     }
@@ -757,8 +635,7 @@ impl Engine {
             .max_value_len(Some(config.max_value_len))
     }
 
-    /// Create a delivery, checking that its request can be made now: a value that does not fit
-    /// is reported at once instead of failing every attempt.
+    /// Create a delivery whose request was checked ([`plan_trigger`] checks a trigger's).
     fn create_delivery(
         &mut self,
         now: DateTime<Utc>,
@@ -766,13 +643,10 @@ impl Engine {
         values: StoredValues,
         delay: Duration,
     ) -> Result<DeliveryId, FireError> {
-        let pb = self.registry.get(key.postback()).expect("caller checked");
         let next = self.next_id.checked_add(1).ok_or(FireError::IdsExhausted)?;
         let id = DeliveryId::new(self.next_id);
-        let d = Box::new(Delivery::new(id, key, values, now, delay));
-        d.request(&Self::send_context(&self.config, pb))?;
         self.next_id = next;
-        self.insert(d);
+        self.insert(Box::new(Delivery::new(id, key, values, now, delay)));
         Ok(id)
     }
 

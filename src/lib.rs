@@ -18,6 +18,7 @@
 //! | [`access`] | who may change which postback, and the audit trail |
 //! | [`delivery`] | one firing as a state machine over the values it keeps: retry policy, failure taxonomy, debug info, a postback's health and the disable decision |
 //! | [`net`] | the network policy against server-side request forgery |
+//! | [`plan`] | what a trigger creates: the pure decision both the engine and a store apply |
 //! | [`engine`] | the in-memory home of deliveries over those decisions: `handle_*` in, `poll_*` out, checked snapshots |
 //! | [`transport`] | the HTTP transport traits, clocks, and blocking and async drivers |
 //! | [`presets`] | postback templates for well-known trackers |
@@ -35,6 +36,7 @@ pub mod engine;
 mod hash;
 pub mod model;
 pub mod net;
+pub mod plan;
 pub mod presets;
 pub mod registry;
 pub mod template;

@@ -739,41 +739,12 @@ impl Delivery {
     /// delivery's values and key, without the `#fragment` (never sent), plus the idempotency
     /// header. Pure: previews and stores call it too.
     pub fn request(&self, ctx: &SendContext<'_>) -> Result<Outbound, RenderError> {
-        let (http, url, key) = self.url(ctx)?;
-        let mut out = Outbound::new(http, url)?.with_secrets(ctx.postback.secrets().to_vec());
-        if let Some(h) = ctx.idempotency_header {
-            out = out.header(h, &key)?;
-        }
-        Ok(out)
+        render(&self.key, &self.values, ctx)
     }
 
     /// The method, the URL without its fragment, and the key as text.
     fn url(&self, ctx: &SendContext<'_>) -> Result<(HttpMethod, String, String), RenderError> {
-        let pb = ctx.postback;
-        let Method::ServerToServer { http } = pb.method() else {
-            return Err(RenderError::NotServerToServer(pb.id()));
-        };
-        if let Some(max) = ctx.max_value_len {
-            for m in pb.template().macros() {
-                let len = self.values.text_len(m);
-                if len > max {
-                    return Err(RenderError::ValueTooLong {
-                        name: pb.template().macro_name(m),
-                        len,
-                        max,
-                    });
-                }
-            }
-        }
-        let key = self.key.to_text();
-        let mut url = pb
-            .template()
-            .expand(&WithDeliveryId::new(&self.values, &key))?;
-        // Values never hold a raw `#`, so the first one starts the fragment.
-        if let Some(i) = url.find('#') {
-            url.truncate(i);
-        }
-        Ok((http, url, key))
+        render_url(&self.key, &self.values, ctx)
     }
 
     /// The `http` request of a send and the URL its attempt records: what [`request`]
@@ -1045,6 +1016,53 @@ impl Delivery {
                 .map(|a| a.url.capacity() + a.body.capacity())
                 .sum::<usize>()
     }
+}
+
+/// The request of a delivery with `key` and `values` for the postback as it is now (see
+/// [`Delivery::request`]): pure, so a planner can check a trigger's values before any delivery
+/// exists, and a store can build what it sends.
+pub fn render(
+    key: &DeliveryKey,
+    values: &StoredValues,
+    ctx: &SendContext<'_>,
+) -> Result<Outbound, RenderError> {
+    let (http, url, key) = render_url(key, values, ctx)?;
+    let mut out = Outbound::new(http, url)?.with_secrets(ctx.postback.secrets().to_vec());
+    if let Some(h) = ctx.idempotency_header {
+        out = out.header(h, &key)?;
+    }
+    Ok(out)
+}
+
+/// The method, the URL without its fragment, and the key as text.
+fn render_url(
+    key: &DeliveryKey,
+    values: &StoredValues,
+    ctx: &SendContext<'_>,
+) -> Result<(HttpMethod, String, String), RenderError> {
+    let pb = ctx.postback;
+    let Method::ServerToServer { http } = pb.method() else {
+        return Err(RenderError::NotServerToServer(pb.id()));
+    };
+    if let Some(max) = ctx.max_value_len {
+        for m in pb.template().macros() {
+            let len = values.text_len(m);
+            if len > max {
+                return Err(RenderError::ValueTooLong {
+                    name: pb.template().macro_name(m),
+                    len,
+                    max,
+                });
+            }
+        }
+    }
+    let key = key.to_text();
+    let mut url = pb.template().expand(&WithDeliveryId::new(values, &key))?;
+    // Values never hold a raw `#`, so the first one starts the fragment.
+    if let Some(i) = url.find('#') {
+        url.truncate(i);
+    }
+    Ok((http, url, key))
 }
 
 fn is_zero(n: &u32) -> bool {

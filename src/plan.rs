@@ -1,0 +1,273 @@
+//! What a trigger creates: the pure decision that the in-memory [`Engine`](crate::engine::Engine)
+//! and a durable store both apply, so the rules live once. [`plan_trigger`] resolves the
+//! trigger, picks what fires and what is held ([`held_for`]), renders pixels, captures the
+//! trigger's values for each server-to-server delivery with its key, and checks that each can be
+//! sent; the caller inserts the planned deliveries by key, so the same trigger twice creates
+//! nothing new.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::delivery::{RenderError, SendContext, render};
+use crate::model::{DeliveryKey, Method, PostbackId};
+use crate::registry::{Outcome, Precedence, Registry, Resolution, SkipReason, Trigger};
+use crate::template::{MacroValues, Pixel, StoredValues};
+
+/// Why one postback could not fire.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FireError {
+    /// Its request cannot be made from the trigger's values.
+    #[error(transparent)]
+    Render(#[from] RenderError),
+    /// The trigger would create more deliveries than [`PlanRules::max_deliveries`] (from `EngineConfig::max_deliveries_per_trigger`).
+    #[error(
+        "this trigger would create more than {max} deliveries: the rest are not sent; check the partner's postbacks, or raise the limit"
+    )]
+    TooManyDeliveries {
+        /// The limit.
+        max: usize,
+    },
+    /// Every delivery id of this engine is taken.
+    #[error(
+        "the engine's delivery ids are exhausted: restore into a new engine (ids are local; delivery keys do not change)"
+    )]
+    IdsExhausted,
+}
+
+/// A pixel or HTML postback rendered for the conversion page (the engine does not deliver
+/// those; the page does).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct RenderedPixel {
+    /// The postback.
+    pub postback: PostbackId,
+    /// The HTML to place in the page.
+    pub html: String,
+}
+
+/// The limits a plan applies (from the engine's or store's configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PlanRules<'a> {
+    /// The most deliveries one trigger may create.
+    pub max_deliveries: usize,
+    /// The longest value a postback may carry, in bytes.
+    pub max_value_len: usize,
+    /// The idempotency header, for the check that each delivery can be sent.
+    pub idempotency_header: Option<&'a str>,
+}
+
+impl PlanRules<'_> {
+    /// 20 deliveries, 1,024-byte values, no header (the engine's defaults).
+    pub fn new() -> Self {
+        PlanRules {
+            max_deliveries: 20,
+            max_value_len: 1024,
+            idempotency_header: None,
+        }
+    }
+}
+
+impl Default for PlanRules<'_> {
+    fn default() -> Self {
+        PlanRules::new()
+    }
+}
+
+/// One delivery a trigger creates: insert it by key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Planned {
+    /// Its key (insert only if no delivery has it).
+    pub key: DeliveryKey,
+    /// The trigger's values it keeps.
+    pub values: StoredValues,
+    /// The postback's firing delay.
+    pub delay: Duration,
+    /// Created held: its postback was disabled automatically (see [`held_for`]).
+    pub held: bool,
+}
+
+/// What a trigger creates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
+#[non_exhaustive]
+pub struct Plan {
+    /// What fired, what did not, and why.
+    pub resolution: Resolution,
+    /// Server-to-server deliveries to create, most specific first; held ones last.
+    pub deliveries: Vec<Planned>,
+    /// Pixels and HTML code to render.
+    pub pixels: Vec<RenderedPixel>,
+    /// Postbacks that fired but cannot be delivered, and why.
+    pub errors: Vec<(PostbackId, FireError)>,
+}
+
+/// Plan what `trigger` with `values` creates among `registry`'s postbacks. Pure: reads no state
+/// but its arguments, so any store applies exactly the engine's rules.
+pub fn plan_trigger<V: MacroValues + ?Sized>(
+    registry: &Registry,
+    trigger: &Trigger,
+    values: &V,
+    rules: &PlanRules<'_>,
+) -> Plan {
+    let resolution = registry.resolve(trigger);
+    let held: Vec<PostbackId> = held_for(registry, &resolution).collect();
+    let firing: Vec<PostbackId> = resolution.firing().collect();
+    let mut plan = Plan {
+        resolution,
+        deliveries: Vec::new(),
+        pixels: Vec::new(),
+        errors: Vec::new(),
+    };
+    let to_fire = firing.into_iter().map(|p| (p, false));
+    for (pid, is_held) in to_fire.chain(held.into_iter().map(|p| (p, true))) {
+        let Some(pb) = registry.get(pid) else {
+            continue;
+        };
+        let html = match pb.method() {
+            Method::ServerToServer { .. } => None,
+            Method::ImagePixel => Some(pb.template().render_pixel(Pixel::Image, values)),
+            Method::IframePixel => Some(pb.template().render_pixel(Pixel::Iframe, values)),
+            _ => Some(pb.template().expand(values)),
+        };
+        match html {
+            Some(Ok(html)) => plan.pixels.push(RenderedPixel {
+                postback: pid,
+                html,
+            }),
+            Some(Err(e)) => plan.errors.push((pid, RenderError::from(e).into())),
+            None if plan.deliveries.len() >= rules.max_deliveries => plan.errors.push((
+                pid,
+                FireError::TooManyDeliveries {
+                    max: rules.max_deliveries,
+                },
+            )),
+            None => {
+                let key = trigger.key(pid);
+                let custom: Vec<_> = pb.template().custom_macros().collect();
+                let stored = values.to_stored(&custom);
+                let ctx = SendContext::new(pb)
+                    .idempotency_header(rules.idempotency_header)
+                    .max_value_len(Some(rules.max_value_len));
+                // A value that does not fit is reported now, not on every attempt.
+                match render(&key, &stored, &ctx) {
+                    Ok(_) => plan.deliveries.push(Planned {
+                        key,
+                        values: stored,
+                        delay: pb.delay(),
+                        held: is_held,
+                    }),
+                    Err(e) => plan.errors.push((pid, e.into())),
+                }
+            }
+        }
+    }
+    plan
+}
+
+/// Decisions of the precedence resolution that create a held delivery rather than nothing:
+/// automatically disabled server-to-server postbacks that would have fired, so no conversion
+/// meant for them is lost while the partner's server is down.
+///
+/// - With [`Precedence::All`], every disabled match.
+/// - With [`Precedence::Override`], the disabled postbacks on the level that serves the trigger
+///   (siblings of the postbacks that fire, pixels included). When no level fires at all, those on
+///   the most specific level that has a disabled postback. A disabled postback on a more specific
+///   level than the one that fires is not held: the fall-through served its conversion, and
+///   holding it too would report the conversion twice.
+/// - A paused postback takes no new triggers, and holds nothing: a person chose to stop it (the
+///   next level serves, as for any postback that is off). Deliveries it already had are held and
+///   replay when it is resumed.
+pub fn held_for<'r>(
+    registry: &'r Registry,
+    r: &'r Resolution,
+) -> impl Iterator<Item = PostbackId> + 'r {
+    let serving = match r.precedence {
+        Precedence::All => None,
+        _ => r
+            .decisions
+            .iter()
+            .find(|d| d.fires())
+            .or_else(|| {
+                r.decisions.iter().find(|d| {
+                    matches!(
+                        d.outcome,
+                        Outcome::Skipped {
+                            why: SkipReason::Disabled
+                        }
+                    )
+                })
+            })
+            .map(|d| d.level),
+    };
+    r.decisions
+        .iter()
+        .filter(move |d| {
+            matches!(
+                d.outcome,
+                Outcome::Skipped {
+                    why: SkipReason::Disabled
+                }
+            ) && serving.is_none_or(|level| d.level == level)
+                && registry
+                    .get(d.postback)
+                    .is_some_and(|p| p.method().is_server_to_server())
+        })
+        .map(|d| d.postback)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{OfferId, PartnerId, Postback};
+    use crate::template::{Macro, ValueMap};
+
+    fn postback(id: u64, offer: Option<u64>) -> Postback {
+        let b = Postback::builder(PostbackId::new(id)).partner(PartnerId::new(7));
+        let b = match offer {
+            Some(o) => b.offer(OfferId::new(o)),
+            None => b,
+        };
+        b.url("https://t.example/pb?cid={sub1}").build().unwrap()
+    }
+
+    #[test]
+    fn a_plan_lists_each_delivery_with_its_key_values_and_whether_it_is_held() {
+        let mut reg = Registry::new();
+        reg.insert(postback(1, Some(42))).unwrap();
+        reg.insert(postback(2, Some(42))).unwrap();
+        reg.insert(postback(3, None)).unwrap();
+        let at = chrono::DateTime::from_timestamp(0, 0).unwrap();
+        reg.disable_automatically(PostbackId::new(2), "failures", at)
+            .unwrap();
+        let trigger = Trigger::conversion(1001, PartnerId::new(7), OfferId::new(42));
+        let values = ValueMap::new().with(Macro::SUB1, "c");
+        let plan = plan_trigger(&reg, &trigger, &values, &PlanRules::new());
+        let planned: Vec<(String, bool)> = plan
+            .deliveries
+            .iter()
+            .map(|p| (p.key.to_string(), p.held))
+            .collect();
+        // The specific level serves: its active postback fires, its disabled sibling is held,
+        // and the partner-global one is shadowed.
+        assert_eq!(
+            planned,
+            [
+                ("1001.1.conversion.0".to_owned(), false),
+                ("1001.2.conversion.0".to_owned(), true)
+            ]
+        );
+        assert_eq!(
+            plan.deliveries[0].values.value(Macro::SUB1),
+            values.value(Macro::SUB1)
+        );
+        // Pure: the same inputs plan the same.
+        assert_eq!(
+            plan_trigger(&reg, &trigger, &values, &PlanRules::new()),
+            plan
+        );
+    }
+}
