@@ -1,6 +1,7 @@
 //! The engine: registry, templates and deliveries composed into one sans-IO object, over the
-//! core's decisions ([`Delivery`], [`Health`], [`Registry::resolve`] and the hold rule of
-//! [`held_for`]), which a durable store calls the same way.
+//! core's decisions ([`plan_trigger`] with its hold rule
+//! [`held_for`], [`Delivery`], [`Health`], the status transitions of
+//! [`Status`](crate::model::Status)), which a durable store calls the same way.
 //!
 //! Call order (str0m / quinn-proto style), all with the caller's `now`:
 //!

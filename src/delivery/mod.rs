@@ -406,12 +406,8 @@ impl Outbound {
 
     /// Build the `http` request.
     pub fn to_request(&self) -> Result<http::Request<Vec<u8>>, RequestError> {
-        let method = match self.method {
-            HttpMethod::Get => http::Method::GET,
-            HttpMethod::Post => http::Method::POST,
-        };
         let mut b = http::Request::builder()
-            .method(method)
+            .method(self.method.as_http())
             .uri(self.url.as_str());
         for (k, v) in &self.headers {
             b = b.header(k.as_str(), v.as_str());
@@ -742,35 +738,23 @@ impl Delivery {
         render(&self.key, &self.values, ctx)
     }
 
-    /// The method, the URL without its fragment, and the key as text.
-    fn url(&self, ctx: &SendContext<'_>) -> Result<(HttpMethod, String, String), RenderError> {
-        render_url(&self.key, &self.values, ctx)
-    }
-
     /// The `http` request of a send and the URL its attempt records: what [`request`]
     /// makes, built straight into an `http::Request` (the URL is parsed once).
     ///
     /// [`request`]: Self::request
     fn http_request(&self, ctx: &SendContext<'_>) -> Result<(Outgoing, Vec<String>), RenderError> {
-        let (method, url, key) = self.url(ctx)?;
+        let (method, url, key) = render_url(&self.key, &self.values, ctx)?;
         let (shown, parts) = redact_for_record(&url, ctx.postback.secrets());
-        let mut b = http::Request::builder()
-            .method(match method {
-                HttpMethod::Get => http::Method::GET,
-                HttpMethod::Post => http::Method::POST,
-            })
-            .uri(url);
+        let mut b = http::Request::builder().method(method.as_http()).uri(url);
         if let Some(h) = ctx.idempotency_header {
-            b = b.header(h, key.as_str());
+            // The key is URL-unreserved text, always a valid value: only the name can be wrong.
+            let name = http::HeaderName::try_from(h)
+                .map_err(|_| RequestError::InvalidHeader(h.to_owned()))?;
+            b = b.header(name, key.as_str());
         }
-        let req = b.body(Vec::new()).map_err(|e| {
-            RenderError::Request(match ctx.idempotency_header {
-                Some(h) if http::HeaderName::try_from(h).is_err() => {
-                    RequestError::InvalidHeader(h.to_owned())
-                }
-                _ => RequestError::InvalidUrl(e.to_string()),
-            })
-        })?;
+        let req = b
+            .body(Vec::new())
+            .map_err(|e| RequestError::InvalidUrl(e.to_string()))?;
         Ok((
             Outgoing {
                 request: req,

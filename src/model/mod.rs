@@ -218,6 +218,16 @@ pub enum HttpMethod {
     Post,
 }
 
+impl HttpMethod {
+    /// The `http` crate's method.
+    pub fn as_http(self) -> http::Method {
+        match self {
+            HttpMethod::Get => http::Method::GET,
+            HttpMethod::Post => http::Method::POST,
+        }
+    }
+}
+
 /// How a postback is delivered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
