@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use crate::access::{AccessError, Actor, AuditEntry, Gatekeeper, Settings};
 use crate::delivery::{
     Action, Attempt, Delivery, DeliveryError, DeliveryId, DisablePolicy, Failure, FailureClass,
-    GiveUpReason, Progress, RetryPolicy, SendContext, State, add, render,
+    GiveUpReason, Progress, RetryPolicy, SendContext, State, add, check,
 };
 use crate::hash::IdMap;
 use crate::model::{DeliveryKey, PartnerId, Postback, PostbackId, Purpose, TriggerId};
@@ -625,7 +625,7 @@ impl Engine {
         let key = DeliveryKey::new(trigger, postback, Purpose::Test, 0);
         let custom: Vec<_> = pb.template().custom_macros().collect();
         let stored = values.to_stored(&custom);
-        render(&key, &stored, &Self::send_context(&self.config, pb)).map_err(FireError::from)?;
+        check(&key, &stored, &Self::send_context(&self.config, pb)).map_err(FireError::from)?;
         let delivery = self.create_delivery(now, key, stored, Duration::ZERO)?;
         Ok(TestFire { delivery, audit })
     }

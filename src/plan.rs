@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::delivery::{RenderError, SendContext, render};
+use crate::delivery::{RenderError, SendContext, check};
 use crate::model::{DeliveryKey, Method, PostbackId};
 use crate::registry::{Outcome, Precedence, Registry, Resolution, SkipReason, Trigger};
 use crate::template::{MacroValues, Pixel, StoredValues};
@@ -153,7 +153,7 @@ pub fn plan_trigger<V: MacroValues + ?Sized>(
                     .idempotency_header(rules.idempotency_header)
                     .max_value_len(Some(rules.max_value_len));
                 // A value that does not fit is reported now, not on every attempt.
-                match render(&key, &stored, &ctx) {
+                match check(&key, &stored, &ctx) {
                     Ok(_) => plan.deliveries.push(Planned {
                         key,
                         values: stored,

@@ -1018,6 +1018,21 @@ pub fn render(
     Ok(out)
 }
 
+/// Whether a delivery with `key` and `values` could be sent to the postback as it is now: what
+/// [`render`] checks, without building the request (a planner checks every new delivery).
+pub fn check(
+    key: &DeliveryKey,
+    values: &StoredValues,
+    ctx: &SendContext<'_>,
+) -> Result<(), RenderError> {
+    let (_, url, _) = render_url(key, values, ctx)?;
+    http::Uri::try_from(url.as_str()).map_err(|e| RequestError::InvalidUrl(e.to_string()))?;
+    if let Some(h) = ctx.idempotency_header {
+        http::HeaderName::try_from(h).map_err(|_| RequestError::InvalidHeader(h.to_owned()))?;
+    }
+    Ok(())
+}
+
 /// The method, the URL without its fragment, and the key as text.
 fn render_url(
     key: &DeliveryKey,
