@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use crate::access::{AccessError, Actor, AuditEntry, Gatekeeper, Settings};
 use crate::delivery::{
     Action, Attempt, Delivery, DeliveryError, DeliveryId, DisablePolicy, Failure, FailureClass,
-    GiveUpReason, Progress, RetryPolicy, SendContext, State, add, check,
+    Next, Progress, RetryPolicy, SendContext, State, add, check, settle,
 };
 use crate::hash::IdMap;
 use crate::model::{DeliveryKey, PartnerId, Postback, PostbackId, Purpose, TriggerId};
@@ -874,38 +874,47 @@ impl Engine {
         Ok(())
     }
 
-    /// Apply what an attempt did: health, the disable policy, holds, timers and events.
+    /// Apply what an attempt did ([`settle`] decides: health, the disable policy, holds), then
+    /// timers and events.
     fn progress(&mut self, now: DateTime<Utc>, id: DeliveryId, progress: Progress) {
-        let Some(d) = self.deliveries.get(&id) else {
+        let Some(d) = self.deliveries.get_mut(&id) else {
             return;
         };
         let pid = d.postback();
-        if d.is_test() {
-            if let Some(record) = self.finish(id) {
-                self.events.push_back(Event::TestFired { record });
-            }
-            return;
+        let test = d.is_test();
+        let pb = self.registry.get(pid);
+        let mut health = self.health.remove(&pid).unwrap_or_default();
+        let outcome = settle(now, d, progress, pb, &mut health, &self.config.disable);
+        // A postback that never had a result kept has no health entry (nor a deleted one).
+        if pb.is_some() && health != Health::default() {
+            self.health.insert(pid, health);
         }
-        match progress {
-            Progress::Delivered { .. } => {
-                if self.registry.get(pid).is_some() {
-                    self.health.entry(pid).or_default().record_success(now);
-                }
+        if let Some(reason) = outcome.disable {
+            self.disable_automatically(now, pid, id, reason);
+        }
+        match outcome.next {
+            Next::Finished => {
                 if let Some(record) = self.finish(id) {
-                    self.events.push_back(Event::Delivered { record });
+                    self.events.push_back(match (test, record.state()) {
+                        (true, _) => Event::TestFired { record },
+                        (false, State::Delivered { .. }) => Event::Delivered { record },
+                        (false, _) => Event::GaveUp { record },
+                    });
                 }
             }
-            Progress::Retry {
-                at,
-                failure,
-                counted,
-                failures,
-            } => {
-                if counted {
-                    self.count_failure(now, id, failures);
-                }
-                if !self.park_if_off(now, id, pid, false) {
-                    self.schedule(id);
+            Next::Held => self.events.push_back(Event::Held {
+                delivery: id,
+                postback: pid,
+            }),
+            Next::Scheduled => {
+                self.schedule(id);
+                if let Progress::Retry {
+                    at,
+                    failure,
+                    counted,
+                    ..
+                } = progress
+                {
                     self.events.push_back(Event::RetryScheduled {
                         delivery: id,
                         postback: pid,
@@ -913,23 +922,6 @@ impl Engine {
                         counted,
                         at,
                     });
-                }
-            }
-            Progress::GaveUp { reason, failure } => {
-                if failure.counts() {
-                    let failures = self.deliveries.get(&id).map_or(0, |d| d.failures());
-                    self.count_failure(now, id, failures);
-                }
-                // The last delivery of a postback the policy just disabled is held, not lost.
-                let held = matches!(reason, GiveUpReason::MaxAttempts { .. })
-                    && self
-                        .registry
-                        .get(pid)
-                        .is_some_and(|p| !p.status().is_active());
-                if held {
-                    self.hold(id);
-                } else if let Some(record) = self.finish(id) {
-                    self.events.push_back(Event::GaveUp { record });
                 }
             }
         }
@@ -985,27 +977,6 @@ impl Engine {
         }
     }
 
-    /// Record a counted failure of delivery `id` and apply the disable policy.
-    fn count_failure(&mut self, now: DateTime<Utc>, id: DeliveryId, delivery_failures: u32) {
-        let Some(key) = self.deliveries.get(&id).map(|d| *d.key()) else {
-            return;
-        };
-        let pid = key.postback();
-        // A postback deleted while the request was out has no health to keep.
-        if self.registry.get(pid).is_none() {
-            return;
-        }
-        let reason = self.health.entry(pid).or_default().record_failure(
-            now,
-            &key,
-            delivery_failures,
-            &self.config.disable,
-        );
-        if let Some(reason) = reason {
-            self.disable_automatically(now, pid, id, reason);
-        }
-    }
-
     fn disable_automatically(
         &mut self,
         now: DateTime<Utc>,
@@ -1013,15 +984,10 @@ impl Engine {
         cause: DeliveryId,
         reason: String,
     ) {
-        let Some(pb) = self.registry.get(pid) else {
+        let Some(partner) = self.registry.get(pid).map(|pb| pb.partner()) else {
             return;
         };
-        // Only server-to-server postbacks are delivered here, and a postback already off is not
-        // disabled (or announced) twice.
-        if !pb.method().is_server_to_server() {
-            return;
-        }
-        let partner = pb.partner();
+        // A postback already off is not disabled (or announced) twice.
         if !matches!(
             self.registry
                 .disable_automatically(pid, reason.clone(), now),

@@ -39,6 +39,7 @@
 //! ```
 
 mod health;
+mod outcome;
 mod policy;
 
 use std::fmt;
@@ -55,6 +56,7 @@ use crate::template::{
 };
 
 pub use health::Health;
+pub use outcome::{Next, Outcome, settle};
 pub(crate) use policy::add;
 pub use policy::{Classifier, DEFAULT_SCHEDULE, DisablePolicy, OnFailure, RetryPolicy};
 
@@ -592,6 +594,12 @@ pub enum DeliveryError {
     /// Only held deliveries can be released.
     #[error("delivery {0} is not held: only held deliveries can be released")]
     NotHeld(DeliveryId),
+    /// Only a delivery that gave up on its attempts, a terminal failure or local refusals can be
+    /// replayed.
+    #[error(
+        "delivery {0} cannot be replayed: only deliveries that gave up (attempts used, a terminal failure, local refusals) can; test fires and deliveries of deleted postbacks cannot"
+    )]
+    NotReplayable(DeliveryId),
 }
 
 /// One firing of one postback. See the [module docs](self) for the call order.
@@ -960,6 +968,26 @@ impl Delivery {
         self.refusals = 0;
         self.released_after = u32::try_from(self.attempts.len()).unwrap_or(u32::MAX);
         Ok(())
+    }
+
+    /// Send a delivery that gave up again (a manager's replay, once the partner is fixed), with a
+    /// fresh attempt budget, due at `now`. Only a delivery that gave up on its attempts, on a
+    /// terminal failure or on local refusals can be replayed: a test fire and a delivery of a
+    /// deleted postback cannot.
+    pub fn replay(&mut self, now: DateTime<Utc>) -> Result<(), DeliveryError> {
+        match self.state {
+            State::GaveUp {
+                reason:
+                    GiveUpReason::MaxAttempts { .. }
+                    | GiveUpReason::Terminal { .. }
+                    | GiveUpReason::LocalRefusals { .. },
+                ..
+            } => {
+                self.state = State::Held;
+                self.release(now)
+            }
+            _ => Err(DeliveryError::NotReplayable(self.id)),
+        }
     }
 
     /// The request in flight will get no answer this process sees (a restart, a lost lease):
