@@ -56,7 +56,7 @@ use crate::template::{
 };
 
 pub use health::Health;
-pub use outcome::{Next, Outcome, settle};
+pub use outcome::{Next, Outcome, on_operation, settle};
 pub(crate) use policy::add;
 pub use policy::{Classifier, DEFAULT_SCHEDULE, DisablePolicy, OnFailure, RetryPolicy};
 

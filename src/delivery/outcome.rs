@@ -4,7 +4,8 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{Delivery, DisablePolicy, GiveUpReason, Health, Progress};
+use super::{Delivery, DisablePolicy, GiveUpReason, Health, Progress, State};
+use crate::access::Operation;
 use crate::model::Postback;
 
 /// Where a delivery stands after [`settle`].
@@ -96,4 +97,28 @@ pub fn settle(
         Next::Scheduled
     };
     Outcome { disable, next }
+}
+
+/// What a management operation on its postback does to one of the postback's deliveries, at
+/// `now`: a pause holds it if scheduled; a resume or an enable releases it if held (a fresh
+/// attempt budget, due now); a delete ends it unless its request is out (that one ends when its
+/// result comes back, and may yet be delivered). Returns whether it changed. The caller also
+/// resets the postback's [`Health`] on a resume or an enable, and drops it on a delete.
+pub fn on_operation(op: Operation, now: DateTime<Utc>, delivery: &mut Delivery) -> bool {
+    match op {
+        Operation::Pause => {
+            matches!(delivery.state(), State::Scheduled { .. })
+                && !delivery.is_test()
+                && delivery.hold()
+        }
+        Operation::Resume | Operation::Enable => delivery.release(now).is_ok(),
+        Operation::Delete => {
+            if delivery.is_finished() || matches!(delivery.state(), State::InFlight { .. }) {
+                return false;
+            }
+            delivery.abandon(now);
+            true
+        }
+        _ => false,
+    }
 }

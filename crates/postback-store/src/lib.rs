@@ -1,0 +1,26 @@
+//! Durable deliveries for [`postback`]: the [`Store`] where deliveries, postbacks, health,
+//! attempts, the audit trail and the manager's notifications live, and the [`Worker`] that runs
+//! delivery as a service over it.
+//!
+//! The core decides (which deliveries a trigger creates, what a response means, when a postback
+//! is disabled, what is held and released); a store applies those decisions inside its
+//! transactions and writes what they return, so the rules live once. Deliveries are claimed
+//! under a lease (never a transaction held across an HTTP call) and completed in one
+//! transaction fenced by the claim's token: a worker killed mid-send loses its lease, the next
+//! claimant sends again with the same key, and a crash of ours never counts toward disabling a
+//! partner's postback.
+//!
+//! Stores: [`MemoryStore`] (the reference, in memory) and [`SqliteStore`] (feature `sqlite`, on
+//! by default: one SQLite file). Every store passes [`conformance::run_all`].
+
+mod apply;
+pub mod conformance;
+mod memory;
+mod store;
+
+pub use apply::send_context;
+pub use memory::MemoryStore;
+pub use store::{
+    Claimed, Completion, Counts, Enqueued, Filter, Manage, Managed, Notification, Replay, Rules,
+    Store, StoreError, Token,
+};
