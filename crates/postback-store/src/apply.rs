@@ -207,3 +207,25 @@ pub(crate) fn from_json<T: serde::de::DeserializeOwned>(
         detail: e.to_string(),
     })
 }
+
+/// Record the `interrupted` claims of a claimed delivery (each an attempt whose answer never came:
+/// [`Delivery::interrupted`], never counted), so a request that crashes its sender ends after
+/// `max_local_refusals`. Returns the progress to complete with if that ended it; `None` if it is
+/// still due now and should be sent.
+pub(crate) fn record_interruptions(
+    now: DateTime<Utc>,
+    delivery: &mut Delivery,
+    interrupted: u32,
+    ctx: &SendContext<'_>,
+    retry: &postback::delivery::RetryPolicy,
+) -> Option<Progress> {
+    for _ in 0..interrupted.min(retry.max_local_refusals) {
+        // Puts it in flight (the request is not sent), so the interruption can be recorded.
+        let _ = delivery.poll(now, ctx);
+        match delivery.interrupted(now, retry)? {
+            Progress::Retry { .. } => continue,
+            done => return Some(done),
+        }
+    }
+    None
+}
