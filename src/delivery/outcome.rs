@@ -122,3 +122,211 @@ pub fn on_operation(op: Operation, now: DateTime<Utc>, delivery: &mut Delivery) 
         _ => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::delivery::{Action, DeliveryId, RetryPolicy, SendContext};
+    use crate::model::{PartnerId, PostbackId, Status};
+    use crate::registry::Trigger;
+    use crate::template::{Macro, MacroValues, ValueMap};
+
+    fn t0() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_767_225_600, 0).unwrap_or_default()
+    }
+
+    fn pb(status: Status) -> Postback {
+        Postback::builder(PostbackId::new(1))
+            .partner(PartnerId::new(7))
+            .url("https://t.example/pb?cid={sub1}")
+            .status(status)
+            .build()
+            .expect("valid")
+    }
+
+    fn delivery(n: u64) -> Delivery {
+        let key = Trigger::conversion(n, PartnerId::new(7), 42.into()).key(PostbackId::new(1));
+        let values = ValueMap::new().with(Macro::SUB1, "c").to_stored(&[]);
+        Delivery::new(DeliveryId::new(n), key, values, t0(), Duration::ZERO)
+    }
+
+    /// Send `d` to `p` and answer `status`.
+    fn answer(d: &mut Delivery, p: &Postback, status: u16, retry: &RetryPolicy) -> Progress {
+        let sent = d.poll(t0(), &SendContext::new(p));
+        assert!(matches!(sent, Action::Send(_)), "{sent:?}");
+        let resp = http::Response::builder().status(status).body(Vec::new());
+        d.handle_response(t0(), Ok(resp.expect("valid")), retry)
+            .expect("in flight")
+    }
+
+    #[test]
+    fn a_success_finishes_and_resets_the_health() {
+        let p = pb(Status::Active);
+        let mut d = delivery(1);
+        let mut h = Health {
+            consecutive_failures: 3,
+            ..Health::default()
+        };
+        let progress = answer(&mut d, &p, 200, &RetryPolicy::default());
+        let o = settle(
+            t0(),
+            &mut d,
+            progress,
+            Some(&p),
+            &mut h,
+            &DisablePolicy::default(),
+        );
+        assert_eq!(
+            o,
+            Outcome {
+                disable: None,
+                next: Next::Finished
+            }
+        );
+        assert_eq!((h.consecutive_failures, h.last_success), (0, Some(t0())));
+    }
+
+    #[test]
+    fn the_failure_that_trips_the_policy_disables_and_holds_the_delivery() {
+        let p = pb(Status::Active);
+        let policy = DisablePolicy::PerDelivery { failures: 2 };
+        let retry = RetryPolicy::default().jitter(0, 0);
+        let mut d = delivery(1);
+        let mut h = Health::default();
+        let first = answer(&mut d, &p, 500, &retry);
+        let o = settle(t0(), &mut d, first, Some(&p), &mut h, &policy);
+        assert_eq!(
+            o,
+            Outcome {
+                disable: None,
+                next: Next::Scheduled
+            }
+        );
+        let mut d2 = d.clone();
+        let due = d2.due().expect("scheduled");
+        let _ = d2.poll(due, &SendContext::new(&p));
+        let resp = http::Response::builder()
+            .status(500)
+            .body(Vec::new())
+            .expect("valid");
+        let second = d2
+            .handle_response(due, Ok(resp), &retry)
+            .expect("in flight");
+        let o = settle(due, &mut d2, second, Some(&p), &mut h, &policy);
+        assert!(o.disable.is_some(), "{o:?}");
+        assert_eq!(o.next, Next::Held);
+        assert_eq!(d2.state(), &State::Held);
+    }
+
+    #[test]
+    fn a_postback_already_off_is_not_disabled_again_but_its_retry_is_held() {
+        let off = pb(Status::Disabled {
+            reason: "earlier".into(),
+            at: t0(),
+        });
+        let mut d = delivery(1);
+        let mut h = Health::default();
+        let policy = DisablePolicy::PerDelivery { failures: 1 };
+        let progress = answer(&mut d, &off, 500, &RetryPolicy::default());
+        let o = settle(t0(), &mut d, progress, Some(&off), &mut h, &policy);
+        assert_eq!(
+            o,
+            Outcome {
+                disable: None,
+                next: Next::Held
+            }
+        );
+    }
+
+    #[test]
+    fn a_result_for_a_deleted_postback_ends_the_delivery() {
+        let p = pb(Status::Active);
+        let mut d = delivery(1);
+        let progress = answer(&mut d, &p, 503, &RetryPolicy::default());
+        let mut h = Health::default();
+        let o = settle(
+            t0(),
+            &mut d,
+            progress,
+            None,
+            &mut h,
+            &DisablePolicy::default(),
+        );
+        assert_eq!(o.next, Next::Finished);
+        assert!(matches!(
+            d.state(),
+            State::GaveUp {
+                reason: GiveUpReason::PostbackDeleted,
+                ..
+            }
+        ));
+        assert_eq!(h, Health::default());
+    }
+
+    #[test]
+    fn an_interruption_never_counts_and_is_due_at_once() {
+        let p = pb(Status::Active);
+        let mut d = delivery(1);
+        let _ = d.poll(t0(), &SendContext::new(&p));
+        let progress = d
+            .interrupted(t0(), &RetryPolicy::default())
+            .expect("in flight");
+        let mut h = Health::default();
+        let o = settle(
+            t0(),
+            &mut d,
+            progress,
+            Some(&p),
+            &mut h,
+            &DisablePolicy::PerDelivery { failures: 1 },
+        );
+        assert_eq!(
+            o,
+            Outcome {
+                disable: None,
+                next: Next::Scheduled
+            }
+        );
+        assert_eq!(d.due(), Some(t0()));
+        assert_eq!(h.consecutive_failures, 0);
+    }
+
+    #[test]
+    fn operations_hold_release_and_end_deliveries() {
+        let p = pb(Status::Active);
+        let mut d = delivery(1);
+        assert!(on_operation(Operation::Pause, t0(), &mut d));
+        assert!(
+            !on_operation(Operation::Pause, t0(), &mut d),
+            "held already"
+        );
+        assert!(on_operation(Operation::Resume, t0(), &mut d));
+        assert_eq!(d.due(), Some(t0()));
+        let _ = d.poll(t0(), &SendContext::new(&p));
+        assert!(
+            !on_operation(Operation::Delete, t0(), &mut d),
+            "a request out ends later"
+        );
+        let mut other = delivery(2);
+        assert!(on_operation(Operation::Delete, t0(), &mut other));
+        assert!(other.is_finished());
+        assert!(!on_operation(Operation::Edit, t0(), &mut delivery(3)));
+    }
+
+    #[test]
+    fn only_deliveries_that_gave_up_can_be_replayed() {
+        let p = pb(Status::Active);
+        let retry = RetryPolicy::default().max_attempts(1);
+        let mut d = delivery(1);
+        assert!(d.replay(t0()).is_err(), "a scheduled one cannot");
+        let _ = answer(&mut d, &p, 500, &retry);
+        assert!(d.is_finished());
+        d.replay(t0()).expect("gave up on attempts");
+        assert_eq!((d.due(), d.failures()), (Some(t0()), 0));
+        let mut gone = delivery(2);
+        gone.abandon(t0());
+        assert!(gone.replay(t0()).is_err(), "a deleted postback's cannot");
+    }
+}
