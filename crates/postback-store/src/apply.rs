@@ -212,7 +212,7 @@ pub(crate) fn from_json<T: serde::de::DeserializeOwned>(
 /// [`Delivery::interrupted`], never counted), so a request that crashes its sender ends after
 /// `max_local_refusals`. Returns the progress to complete with if that ended it; `None` if it is
 /// still due now and should be sent.
-pub(crate) fn record_interruptions(
+pub fn record_interruptions(
     now: DateTime<Utc>,
     delivery: &mut Delivery,
     interrupted: u32,

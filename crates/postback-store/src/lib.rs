@@ -18,7 +18,7 @@ pub mod conformance;
 mod memory;
 mod store;
 
-pub use apply::send_context;
+pub use apply::{record_interruptions, send_context};
 pub use memory::MemoryStore;
 pub use store::{
     Claimed, Completion, Counts, Enqueued, Filter, Manage, Managed, Notification, Replay, Rules,
