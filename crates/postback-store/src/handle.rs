@@ -290,6 +290,11 @@ impl WorkerHandle {
         self.call(|s, _| s.deliveries_count()).await
     }
 
+    /// The worker's configuration.
+    pub fn config(&self) -> &WorkerConfig {
+        &self.shared.config
+    }
+
     /// What the loop did so far.
     pub fn stats(&self) -> Stats {
         self.shared.stats.snapshot()

@@ -1,50 +1,5 @@
 //! The [`Worker`]: delivery as a service over a [`Store`], after quinn's `ConnectionDriver` (a
 //! spawned future over a state machine that never does IO itself).
-//!
-//! # The loop
-//!
-//! Each turn:
-//! 1. reads `now` once (through the [`Clock`]);
-//! 2. claims up to the free slots (at most [`WorkerConfig::batch_size`]) under a lease; for each
-//!    claimed delivery, records earlier interrupted claims, then polls the core's
-//!    [`Delivery`] and sends its request through a `JoinSet` capped overall
-//!    ([`WorkerConfig::max_concurrency`]) and per host ([`WorkerConfig::max_per_host`], host =
-//!    the postback template's origin);
-//! 3. hands pending notifications to the sink, at start, after a completion that disabled a
-//!    postback, and every [`WorkerConfig::poll_interval`];
-//! 4. waits for the first of: the next due time in the store, a wake-up from a handle, a
-//!    finished send, the poll interval (so work queued by other processes is seen), or a
-//!    shutdown.
-//!
-//! As each send finishes it reads `now`, gives the result to the delivery
-//! ([`handle_response`](Delivery::handle_response)) and completes it in the store (fenced by
-//! the claim's token). A [`LeaseLost`](crate::Completion::LeaseLost) drops the result (another
-//! claimant has the delivery): counted in [`Stats::lease_lost`](crate::Stats::lease_lost).
-//! Store calls block, so each runs on tokio's blocking threads.
-//!
-//! # Decisions
-//!
-//! - **A deleted postback.** A claimed delivery whose postback is gone is ended at once
-//!   ([`Delivery::abandon`]) and completed: the store's settle ends it as
-//!   [`PostbackDeleted`](postback::delivery::GiveUpReason::PostbackDeleted). Nothing is sent.
-//! - **A full host.** A claimed delivery whose host has `max_per_host` requests out waits in
-//!   memory (holding one of the overall slots), at most `max_per_host` of them per host; more
-//!   are given back at once ([`Store::delivery_unclaim`]) and claimed again on a later turn, so
-//!   one slow partner never holds every slot. A waiter whose lease is half gone is given back
-//!   rather than sent, so it is never sent on a lease about to end.
-//! - **A delivery the core will not send now** (not yet due by this worker's clock, held,
-//!   finished) is given back unsent.
-//! - **Store errors in the loop** are counted ([`Stats::store_errors`](crate::Stats)) and the
-//!   loop carries on; a completion that could not be written leaves the delivery leased, so it
-//!   is sent again (same key) when the lease ends: at least once, never lost.
-//! - **Notifications** are handed to the sink, then marked done. A crash between the two hands
-//!   the same notification (same [`id`](crate::Notification::id)) over once more after a
-//!   restart; de-duplicate by id if that matters. Several workers running at once on one store
-//!   may each hand over a notification they read at the same moment: give the sink to one of
-//!   them, or de-duplicate by id.
-//! - **Time.** Due times are the clock's ([`ManualClock`](crate::ManualClock) in tests); the poll
-//!   interval and the shutdown's grace are real time (tokio's timer), since they concern other
-//!   processes and requests on the wire.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -257,8 +212,53 @@ impl WorkerConfig {
 
 /// Runs delivery as a service over a [`Store`]: claims due deliveries, sends them through an
 /// [`AsyncTransport`] with bounded concurrency, completes them, and sleeps until the next is due
-/// or it is woken. See the [module docs](self) for the loop. Start it with
-/// [`start`](Worker::start); talk to it through the [`WorkerHandle`].
+/// or it is woken. Start it with [`start`](Worker::start); talk to it through the
+/// [`WorkerHandle`].
+///
+/// # The loop
+///
+/// Each turn:
+/// 1. reads `now` once (through the [`Clock`]);
+/// 2. claims up to the free slots (at most [`WorkerConfig::batch_size`]) under a lease; for each
+///    claimed delivery, records earlier interrupted claims, then polls the core's
+///    [`Delivery`] and sends its request through a `JoinSet` capped overall
+///    ([`WorkerConfig::max_concurrency`]) and per host ([`WorkerConfig::max_per_host`], host =
+///    the postback template's origin);
+/// 3. hands pending notifications to the sink, at start, after a completion that disabled a
+///    postback, and every [`WorkerConfig::poll_interval`];
+/// 4. waits for the first of: the next due time in the store, a wake-up from a handle, a
+///    finished send, the poll interval (so work queued by other processes is seen), or a
+///    shutdown.
+///
+/// As each send finishes it reads `now`, gives the result to the delivery
+/// ([`handle_response`](Delivery::handle_response)) and completes it in the store (fenced by
+/// the claim's token). A [`LeaseLost`](crate::Completion::LeaseLost) drops the result (another
+/// claimant has the delivery): counted in [`Stats::lease_lost`](crate::Stats::lease_lost).
+/// Store calls block, so each runs on tokio's blocking threads.
+///
+/// # Decisions
+///
+/// - **A deleted postback.** A claimed delivery whose postback is gone is ended at once
+///   ([`Delivery::abandon`]) and completed: the store's settle ends it as
+///   [`PostbackDeleted`](postback::delivery::GiveUpReason::PostbackDeleted). Nothing is sent.
+/// - **A full host.** A claimed delivery whose host has `max_per_host` requests out waits in
+///   memory (holding one of the overall slots), at most `max_per_host` of them per host; more
+///   are given back at once ([`Store::delivery_unclaim`]) and claimed again on a later turn, so
+///   one slow partner never holds every slot. A waiter whose lease is half gone is given back
+///   rather than sent, so it is never sent on a lease about to end.
+/// - **A delivery the core will not send now** (not yet due by this worker's clock, held,
+///   finished) is given back unsent.
+/// - **Store errors in the loop** are counted ([`Stats::store_errors`](crate::Stats)) and the
+///   loop carries on; a completion that could not be written leaves the delivery leased, so it
+///   is sent again (same key) when the lease ends: at least once, never lost.
+/// - **Notifications** are handed to the sink, then marked done. A crash between the two hands
+///   the same notification (same [`id`](crate::Notification::id)) over once more after a
+///   restart; de-duplicate by id if that matters. Several workers running at once on one store
+///   may each hand over a notification they read at the same moment: give the sink to one of
+///   them, or de-duplicate by id.
+/// - **Time.** Due times are the clock's ([`ManualClock`](crate::ManualClock) in tests); the poll
+///   interval and the shutdown's grace are real time (tokio's timer), since they concern other
+///   processes and requests on the wire.
 pub struct Worker<T> {
     shared: Arc<Shared>,
     transport: Arc<T>,
