@@ -14,13 +14,19 @@
 //! by default: one SQLite file). Every store passes [`conformance::run_all`].
 
 mod apply;
+mod clock;
 pub mod conformance;
+mod handle;
 mod memory;
 mod store;
+mod worker;
 
 pub use apply::{record_interruptions, send_context};
+pub use clock::{Clock, ManualClock, Sleep, SystemClock};
+pub use handle::{Stats, TestFire, WorkerError, WorkerHandle};
 pub use memory::MemoryStore;
 pub use store::{
     Claimed, Completion, Counts, Enqueued, Filter, Manage, Managed, Notification, Replay, Rules,
     Store, StoreError, Token,
 };
+pub use worker::{NotificationSink, Worker, WorkerConfig};
