@@ -290,6 +290,27 @@ impl WorkerHandle {
         self.call(|s, _| s.deliveries_count()).await
     }
 
+    /// The postbacks as stored now.
+    pub async fn registry(&self) -> Result<postback::registry::Registry, WorkerError> {
+        self.call(|s, _| s.registry_get()).await
+    }
+
+    /// A postback's health.
+    pub async fn health(
+        &self,
+        postback: postback::model::PostbackId,
+    ) -> Result<Option<postback::delivery::Health>, WorkerError> {
+        self.call(move |s, _| s.health_get(postback)).await
+    }
+
+    /// A postback's audit trail, oldest first.
+    pub async fn audit_of(
+        &self,
+        postback: postback::model::PostbackId,
+    ) -> Result<Vec<postback::access::AuditEntry>, WorkerError> {
+        self.call(move |s, _| s.audit_of(postback)).await
+    }
+
     /// The worker's configuration.
     pub fn config(&self) -> &WorkerConfig {
         &self.shared.config

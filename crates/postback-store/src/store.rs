@@ -134,6 +134,21 @@ impl Default for Rules {
 }
 
 impl Rules {
+    /// At most `n` deliveries per trigger (default 20).
+    pub fn max_deliveries(mut self, n: usize) -> Self {
+        self.max_deliveries = n;
+        self
+    }
+    /// Values up to `n` bytes (default 1,024).
+    pub fn max_value_len(mut self, n: usize) -> Self {
+        self.max_value_len = n;
+        self
+    }
+    /// Send each delivery's key in this header too (say `Idempotency-Key`).
+    pub fn idempotency_header(mut self, name: impl Into<String>) -> Self {
+        self.idempotency_header = Some(name.into());
+        self
+    }
     /// The core's view of them.
     pub fn plan(&self) -> postback::plan::PlanRules<'_> {
         let mut r = postback::plan::PlanRules::new();
