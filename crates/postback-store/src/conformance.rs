@@ -281,6 +281,50 @@ pub fn an_expired_lease_is_claimed_again_and_reported_interrupted<H: Harness>(h:
         third[0].interrupted, 2,
         "interruptions add up until a completion"
     );
+    assert_eq!(
+        ok(s.deliveries_count(), "counts").leased,
+        1,
+        "out under a lease"
+    );
+    let c = &third[0];
+    let mut d = c.delivery.clone();
+    let pb = c.postback.clone().unwrap_or_else(|| postback(PB));
+    let rules = Rules::default();
+    let ctx = crate::send_context(&pb, &rules);
+    let done =
+        crate::record_interruptions(t0() + secs(120), &mut d, c.interrupted, &ctx, &no_jitter());
+    assert_eq!(done, None, "two interruptions do not end it");
+    let interrupted: Vec<_> = d
+        .attempts()
+        .iter()
+        .map(|a| (a.failure, a.counted))
+        .collect();
+    assert_eq!(
+        interrupted,
+        vec![(Some(postback::delivery::FailureClass::Interrupted), false); 2],
+        "each recorded, never counted"
+    );
+    let c = Claimed {
+        delivery: d,
+        ..c.clone()
+    };
+    let _ = complete(
+        &s,
+        &c,
+        t0() + secs(121),
+        503,
+        &no_jitter(),
+        &DisablePolicy::default(),
+    );
+    assert_eq!(ok(s.deliveries_count(), "counts").leased, 0, "completed");
+    let s = h.reopen(s);
+    let attempts = ok(s.attempts_of(c.delivery.key()), "attempts");
+    assert_eq!(attempts.len(), 3, "two interruptions and the 503");
+    let fourth = claim(&s, t0() + secs(3600), "d", 1);
+    assert_eq!(
+        fourth[0].interrupted, 0,
+        "a completed claim resolves the interrupted ones"
+    );
 }
 
 /// A claim given back (a shutdown before sending) is due at once and not an interruption.

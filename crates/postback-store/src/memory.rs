@@ -277,7 +277,7 @@ impl Store for MemoryStore {
         if row.claims != token.0 {
             return Ok(Completion::LeaseLost);
         }
-        let (claims, settled, written) = (row.claims, row.settled, row.written);
+        let (claims, written) = (row.claims, row.written);
         let pid = key.postback();
         let mut health = g.health.get(&pid).cloned().unwrap_or_default();
         let pb = g.registry.get(pid).cloned();
@@ -320,7 +320,9 @@ impl Store for MemoryStore {
         g.put(Row {
             d: delivery,
             claims,
-            settled: settled + 1,
+            // Every claim up to this one is resolved: the earlier ones were recorded as
+            // interrupted by this claimant.
+            settled: claims,
             written,
             due,
         });
@@ -344,7 +346,7 @@ impl Store for MemoryStore {
             return Ok(false);
         }
         // Not interrupted: the claim is as if it never happened.
-        row.settled += 1;
+        row.settled = row.claims;
         row.due = Some(now);
         g.put(row);
         Ok(true)
@@ -384,7 +386,12 @@ impl Store for MemoryStore {
                 "held" => c.held += 1,
                 "delivered" => c.delivered += 1,
                 "gave_up" => c.gave_up += 1,
-                _ => c.pending += 1,
+                _ => {
+                    c.pending += 1;
+                    if r.claims > r.settled {
+                        c.leased += 1;
+                    }
+                }
             }
         }
         Ok(c)

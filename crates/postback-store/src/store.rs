@@ -282,6 +282,9 @@ pub struct Counts {
     pub delivered: u64,
     /// Gave up.
     pub gave_up: u64,
+    /// Of the pending, those claimed and not completed (out under a lease, or left by a
+    /// claimant that died): the only ones that can be sent twice.
+    pub leased: u64,
 }
 
 /// Where deliveries live. See the [module docs](self).
