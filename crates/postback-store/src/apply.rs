@@ -212,6 +212,7 @@ pub(crate) fn from_json<T: serde::de::DeserializeOwned>(
 /// [`Delivery::interrupted`], never counted), so a request that crashes its sender ends after
 /// `max_local_refusals`. Returns the progress to complete with if that ended it; `None` if it is
 /// still due now and should be sent.
+#[allow(dead_code, reason = "the Worker's step; the Worker calls it")]
 pub(crate) fn record_interruptions(
     now: DateTime<Utc>,
     delivery: &mut Delivery,
