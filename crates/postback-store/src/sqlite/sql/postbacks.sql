@@ -8,6 +8,3 @@ SET partner = excluded.partner, status = excluded.status, json = excluded.json;
 
 -- name: delete
 DELETE FROM postbacks WHERE id = ?1;
-
--- name: delete_all
-DELETE FROM postbacks;
