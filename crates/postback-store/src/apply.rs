@@ -95,7 +95,10 @@ pub(crate) fn enqueue(
 
 /// A test fire's delivery, checked sendable, and its audit entry. `tag` makes its trigger id
 /// unique among test fires (the store's next delivery id).
-#[allow(clippy::too_many_arguments)] // the store's call, plus the id it hands out
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the arguments of Store::test_fire_enqueue, the registry and the id"
+)]
 pub(crate) fn test_fire(
     registry: &Registry,
     now: DateTime<Utc>,

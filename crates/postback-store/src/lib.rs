@@ -18,6 +18,8 @@ mod clock;
 pub mod conformance;
 mod handle;
 mod memory;
+#[cfg(feature = "sqlite")]
+mod sqlite;
 mod store;
 mod worker;
 
@@ -25,6 +27,8 @@ pub use apply::{record_interruptions, send_context};
 pub use clock::{Clock, ManualClock, Sleep, SystemClock};
 pub use handle::{Stats, TestFire, WorkerError, WorkerHandle};
 pub use memory::MemoryStore;
+#[cfg(feature = "sqlite")]
+pub use sqlite::SqliteStore;
 pub use store::{
     Claimed, Completion, Counts, Enqueued, Filter, Manage, Managed, Notification, Replay, Rules,
     Store, StoreError, Token,

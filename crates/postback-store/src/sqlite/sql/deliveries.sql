@@ -1,0 +1,83 @@
+-- name: insert
+INSERT INTO deliveries (id, key, postback, trigger, purpose, status, due_at, claims, settled,
+                        attempts_written, created_at, finished_at, state)
+VALUES (:id, :key, :postback, :trigger, :purpose, :status, :due_at, 0, 0,
+        :written, :created_at, :finished_at, :state);
+
+-- name: exists
+SELECT 1 FROM deliveries WHERE key = ?1;
+
+-- name: due_ids
+-- The claim's selection, in order (RETURNING gives rows in no particular order, and the new
+-- due time): read first in the same transaction.
+SELECT id FROM deliveries
+WHERE status = 'scheduled' AND due_at <= :now
+ORDER BY due_at, id
+LIMIT :limit;
+
+-- name: claim
+UPDATE deliveries
+SET claims = claims + 1, due_at = :lease_end, lease_owner = :owner
+WHERE id IN (SELECT id FROM deliveries
+             WHERE status = 'scheduled' AND due_at <= :now
+             ORDER BY due_at, id
+             LIMIT :limit)
+RETURNING id, claims, settled, state;
+
+-- name: fence
+SELECT id, claims, attempts_written FROM deliveries WHERE key = ?1;
+
+-- name: by_key
+SELECT id, attempts_written, state FROM deliveries WHERE key = ?1;
+
+-- name: update
+-- Write a delivery's state and its projections; `settle` adds to the settled claims.
+UPDATE deliveries
+SET state = :state, status = :status, due_at = :due_at, finished_at = :finished_at,
+    attempts_written = :written, settled = settled + :settle
+WHERE id = :id;
+
+-- name: complete
+-- As `update`, fenced by the claim's token. Every claim up to this one is settled: the
+-- earlier ones were recorded as interrupted by this claimant.
+UPDATE deliveries
+SET state = :state, status = :status, due_at = :due_at, finished_at = :finished_at,
+    attempts_written = :written, settled = claims
+WHERE id = :id AND claims = :token;
+
+-- name: unclaim
+UPDATE deliveries
+SET settled = claims, due_at = CASE WHEN status = 'scheduled' THEN :now END
+WHERE key = :key AND claims = :token;
+
+-- name: unfinished_of
+-- What a management operation may change: a postback's deliveries not yet finished.
+SELECT id, attempts_written, state FROM deliveries
+WHERE postback = :postback AND status IN ('scheduled', 'held')
+ORDER BY id;
+
+-- name: scheduled_of_except
+SELECT id, attempts_written, state FROM deliveries
+WHERE postback = :postback AND status = 'scheduled' AND id <> :id
+ORDER BY id;
+
+-- name: next_due
+SELECT min(due_at) FROM deliveries WHERE status = 'scheduled';
+
+-- name: of
+SELECT state FROM deliveries
+WHERE postback = :postback AND (:status IS NULL OR status = :status)
+ORDER BY created_at DESC, id DESC;
+
+-- name: count
+SELECT status, count(*), sum(claims > settled) FROM deliveries GROUP BY status;
+
+-- name: gave_up_created_between
+-- Candidates for a replay by range; the caller checks the exact times.
+SELECT id, attempts_written, state FROM deliveries
+WHERE postback = :postback AND status = 'gave_up'
+  AND created_at >= :from AND created_at <= :to
+ORDER BY id;
+
+-- name: prune
+DELETE FROM deliveries WHERE status = 'delivered' AND finished_at < :before;
