@@ -19,7 +19,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use postback::access::{Actor, Settings};
 use postback::delivery::RetryPolicy;
 use postback::model::{ManagerId, OfferId, PartnerId, Postback, PostbackId};
@@ -28,7 +27,7 @@ use postback::template::{Macro, ValueMap};
 use postback::transport::NetPolicy;
 use postback_http::testing::{Receiver, Response};
 use postback_http::{Config, ReqwestTransport};
-use postback_store::{Manage, Rules, SqliteStore, Store, SystemClock, Worker, WorkerConfig};
+use postback_store::{Clock, Manage, Rules, SqliteStore, Store, SystemClock, Worker, WorkerConfig};
 
 type Error = Box<dyn std::error::Error>;
 
@@ -51,7 +50,7 @@ fn args() -> Result<Args, Error> {
         conversions: 2000,
         kills: 5,
         fail_share: 0.3,
-        seed: Utc::now().timestamp_micros().unsigned_abs(),
+        seed: SystemClock.now().timestamp_micros().unsigned_abs(),
         child: None,
     };
     let mut it = std::env::args().skip(1);
@@ -151,7 +150,7 @@ fn parent(a: &Args) -> Result<bool, Error> {
             .partner(PARTNER)
             .url(receiver.url("/pb?cid={sub1}&did={delivery_id}"))
             .build()?;
-        let now = Utc::now();
+        let now = SystemClock.now();
         store.postback_manage(
             now,
             Actor::Network(ManagerId::new(1)),
