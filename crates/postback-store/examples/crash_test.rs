@@ -27,7 +27,9 @@ use postback::template::{Macro, ValueMap};
 use postback::transport::NetPolicy;
 use postback_http::testing::{Receiver, Response};
 use postback_http::{Config, ReqwestTransport};
-use postback_store::{Clock, Manage, Rules, SqliteStore, Store, SystemClock, Worker, WorkerConfig};
+use postback_store::{
+    Clock, Filter, Manage, Rules, SqliteStore, Store, SystemClock, Worker, WorkerConfig,
+};
 
 type Error = Box<dyn std::error::Error>;
 
@@ -166,7 +168,7 @@ fn parent(a: &Args) -> Result<bool, Error> {
     }
 
     let mut dice = Dice(a.seed | 1);
-    let mut in_flight_at_kills = 0;
+    let mut out_at_kills = std::collections::HashSet::new();
     for kill in 1..=a.kills {
         let mut child = spawn_child(&db)?;
         let wait = Duration::from_millis(100 + dice.next() % 900);
@@ -177,8 +179,12 @@ fn parent(a: &Args) -> Result<bool, Error> {
         }
         child.kill()?; // SIGKILL
         let _ = child.wait()?;
-        let c = SqliteStore::open(&db)?.deliveries_count()?;
-        in_flight_at_kills += c.leased;
+        let store = SqliteStore::open(&db)?;
+        let c = store.deliveries_count()?;
+        // Distinct deliveries out at any kill: one left out across two kills counts once.
+        for d in store.deliveries_of(PostbackId::new(1), Filter::Leased, usize::MAX)? {
+            out_at_kills.insert(*d.key());
+        }
         println!(
             "  kill {kill} after {} ms: pending {} (out under a lease: {}), delivered {}",
             wait.as_millis(),
@@ -201,6 +207,7 @@ fn parent(a: &Args) -> Result<bool, Error> {
         std::thread::sleep(Duration::from_millis(50));
     }
 
+    let in_flight_at_kills = out_at_kills.len() as u64;
     let c = SqliteStore::open(&db)?.deliveries_count()?;
     let accepted = accepted.lock().map(|m| m.clone()).unwrap_or_default();
     let distinct = accepted.len() as u64;

@@ -33,7 +33,10 @@ pub(crate) fn status_of(d: &Delivery) -> &'static str {
 pub(crate) fn matches(d: &Delivery, filter: Filter) -> bool {
     match filter {
         Filter::All => true,
-        Filter::Pending => matches!(d.state(), State::Scheduled { .. } | State::InFlight { .. }),
+        // Whether a pending one is under a lease is the store's to say (claims against settled).
+        Filter::Pending | Filter::Leased => {
+            matches!(d.state(), State::Scheduled { .. } | State::InFlight { .. })
+        }
         Filter::Held => matches!(d.state(), State::Held),
         Filter::Exhausted => is_replayable(d),
         Filter::Delivered => matches!(d.state(), State::Delivered { .. }),

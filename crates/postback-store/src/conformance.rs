@@ -286,6 +286,8 @@ pub fn an_expired_lease_is_claimed_again_and_reported_interrupted<H: Harness>(h:
         1,
         "out under a lease"
     );
+    let leased = ok(s.deliveries_of(PB, Filter::Leased, 10), "leased");
+    assert_eq!(leased.len(), 1, "and listed as such");
     let c = &third[0];
     let mut d = c.delivery.clone();
     let pb = c.postback.clone().unwrap_or_else(|| postback(PB));

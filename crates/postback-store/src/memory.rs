@@ -371,6 +371,7 @@ impl Store for MemoryStore {
             .rows
             .values()
             .filter(|r| r.d.postback() == postback && apply::matches(&r.d, filter))
+            .filter(|r| filter != Filter::Leased || r.claims > r.settled)
             .map(|r| r.d.clone())
             .collect();
         out.sort_by_key(|d| std::cmp::Reverse((d.created(), d.id())));

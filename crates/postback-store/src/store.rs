@@ -233,6 +233,9 @@ pub enum Filter {
     Exhausted,
     /// Delivered.
     Delivered,
+    /// Claimed and not completed: out under a lease now, or left by a claimant that died (due
+    /// again when the lease ends). The only ones that can be sent twice.
+    Leased,
 }
 
 /// Which exhausted deliveries a replay sends again.

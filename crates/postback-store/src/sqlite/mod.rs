@@ -922,7 +922,7 @@ impl Store for SqliteStore {
     ) -> Result<Vec<Delivery>, StoreError> {
         let g = self.lock();
         let status = match filter {
-            Filter::Pending => Some("scheduled"),
+            Filter::Pending | Filter::Leased => Some("scheduled"),
             Filter::Held => Some("held"),
             Filter::Exhausted => Some("gave_up"),
             Filter::Delivered => Some("delivered"),
@@ -933,6 +933,7 @@ impl Store for SqliteStore {
             .query(named_params! {
                 ":postback": int("postback id", postback.get())?,
                 ":status": status,
+                ":leased": filter == Filter::Leased,
             })
             .db()?;
         let mut out = Vec::new();

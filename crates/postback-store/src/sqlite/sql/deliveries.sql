@@ -67,6 +67,7 @@ SELECT min(due_at) FROM deliveries WHERE status = 'scheduled';
 -- name: of
 SELECT state FROM deliveries
 WHERE postback = :postback AND (:status IS NULL OR status = :status)
+  AND (NOT :leased OR claims > settled)
 ORDER BY created_at DESC, id DESC;
 
 -- name: count
