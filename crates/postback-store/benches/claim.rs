@@ -90,7 +90,7 @@ fn cycle<S: Store>(s: &S, n: u64) -> Duration {
     start.elapsed()
 }
 
-fn bench_store<S: Store>(c: &mut Criterion, name: &str, make: impl Fn() -> S) {
+fn bench_store<S: Store>(c: &mut Criterion, name: &str, mut make: impl FnMut() -> S) {
     let mut g = c.benchmark_group(format!("claim_and_complete/{name}"));
     g.sample_size(20);
     for pending in [1_000u64, 1_000_000] {
@@ -113,6 +113,21 @@ fn bench_store<S: Store>(c: &mut Criterion, name: &str, make: impl Fn() -> S) {
 
 fn benches(c: &mut Criterion) {
     bench_store(c, "memory", MemoryStore::new);
+    #[cfg(feature = "sqlite")]
+    {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let mut n = 0;
+        bench_store(c, "sqlite", || {
+            n += 1;
+            postback_store::SqliteStore::open(dir.path().join(format!("claim-{n}.sqlite")))
+                .expect("open")
+        });
+        for entry in std::fs::read_dir(dir.path()).expect("listing").flatten() {
+            let name = entry.file_name();
+            let bytes = entry.metadata().map(|m| m.len()).unwrap_or(0);
+            eprintln!("on disk: {} {} bytes", name.to_string_lossy(), bytes);
+        }
+    }
 }
 
 criterion_group!(b, benches);
