@@ -38,6 +38,7 @@ pub fn run_all<H: Harness>(h: &mut H) {
     same_trigger_twice_creates_nothing_new(h);
     a_due_delivery_is_claimed_by_one_claimant_only(h);
     a_completion_after_the_lease_was_lost_writes_nothing(h);
+    a_batch_of_completions_is_fenced_one_by_one(h);
     an_expired_lease_is_claimed_again_and_reported_interrupted(h);
     an_unclaimed_delivery_is_due_at_once_and_not_interrupted(h);
     the_next_due_time_includes_the_ends_of_leases(h);
@@ -798,4 +799,48 @@ pub fn refused_operations_change_nothing<H: Harness>(h: &mut H) {
         ),
     );
     assert!(e.is_err(), "an unknown delivery is a typed error");
+}
+
+/// Completions written together are each fenced by their own token, and come back in order.
+pub fn a_batch_of_completions_is_fenced_one_by_one<H: Harness>(h: &mut H) {
+    let s = with_postback(h);
+    for i in 0..3 {
+        convert(&s, i, t0());
+    }
+    let first = claim(&s, t0(), "a", 3);
+    let later = t0() + secs(61);
+    // The lease of all three ran out; "b" takes one of them.
+    let stolen = claim(&s, later, "b", 1).remove(0);
+    let batch: Vec<_> = first
+        .iter()
+        .map(|c| {
+            let (d, p) = answer(c, later, 200, &no_jitter());
+            (c.token, d, p)
+        })
+        .collect();
+    let keys: Vec<_> = first.iter().map(|c| *c.delivery.key()).collect();
+    let done = ok(
+        s.deliveries_complete(later, batch, &DisablePolicy::default()),
+        "a batch",
+    );
+    assert_eq!(done.len(), 3, "one completion per item");
+    for (key, c) in keys.iter().zip(&done) {
+        if *key == *stolen.delivery.key() {
+            assert_eq!(*c, Completion::LeaseLost, "the stolen one is fenced off");
+        } else {
+            assert!(matches!(
+                c,
+                Completion::Completed {
+                    next: Next::Finished,
+                    ..
+                }
+            ));
+        }
+    }
+    let s = h.reopen(s);
+    assert_eq!(
+        ok(s.deliveries_count(), "counts").delivered,
+        2,
+        "the other two are written"
+    );
 }

@@ -360,6 +360,23 @@ pub trait Store: Send + Sync + 'static {
         disable: &DisablePolicy,
     ) -> Result<Completion, StoreError>;
 
+    /// Complete several claimed deliveries at once, each as
+    /// [`delivery_complete`](Store::delivery_complete) would and fenced by its own token; a
+    /// store may write them in one transaction (the SQLite store does: one commit for the batch).
+    /// The completions come back in the batch's order. On an error nothing of the batch may have
+    /// been written: its deliveries stay leased and are sent again when their leases end.
+    fn deliveries_complete(
+        &self,
+        now: DateTime<Utc>,
+        batch: Vec<(Token, Delivery, Progress)>,
+        disable: &DisablePolicy,
+    ) -> Result<Vec<Completion>, StoreError> {
+        batch
+            .into_iter()
+            .map(|(token, d, p)| self.delivery_complete(now, token, d, p, disable))
+            .collect()
+    }
+
     /// Give a claimed delivery back unsent (a shutdown before sending): due again at `now`, not
     /// counted as interrupted. Returns whether the token still held it.
     fn delivery_unclaim(

@@ -15,7 +15,7 @@ use postback::delivery::{
     Action, Delivery, DisablePolicy, Failure, FailureClass, GiveUpReason, Next, Progress,
     RetryPolicy,
 };
-use postback::model::Postback;
+use postback::model::{DeliveryKey, Postback};
 use postback::transport::{AsyncTransport, Classify};
 
 use crate::apply;
@@ -374,7 +374,11 @@ impl<T: AsyncTransport + Send + Sync + 'static> Driver<T> {
             }
             count(&shared.stats.turns);
             let now = shared.clock.now();
-            let (claimed, limit) = self.claim(now).await;
+            // With requests out, wait for room for a quarter batch before claiming again: one
+            // claim per finished send would cost a transaction each.
+            let floor = (shared.config.batch_size.min(shared.config.max_concurrency) / 4).max(1);
+            let room = self.sends.is_empty() || self.free() >= floor;
+            let (claimed, limit) = if room { self.claim(now).await } else { (0, 0) };
             if self.check_notifications {
                 self.notify(now).await;
             }
@@ -382,7 +386,7 @@ impl<T: AsyncTransport + Send + Sync + 'static> Driver<T> {
                 // A full batch: there may be more due now.
                 continue;
             }
-            let next_due = if self.free() > 0 {
+            let next_due = if room && self.free() > 0 {
                 match blocking(&shared.store, |s| s.deliveries_next_due()).await {
                     Ok(t) => t.filter(|t| *t > now),
                     Err(_) => {
@@ -575,32 +579,45 @@ impl<T: AsyncTransport + Send + Sync + 'static> Driver<T> {
 
     /// A send finished: complete it, then start a waiter of its host.
     async fn finished(&mut self, done: Result<(tokio::task::Id, Reply), JoinError>) {
-        let (id, reply) = match done {
-            Ok((id, reply)) => (id, Some(reply)),
-            // The transport panicked: the delivery stays leased and is sent again when the
-            // lease ends.
-            Err(e) => (e.id(), None),
-        };
-        let Some(out) = self.out.remove(&id) else {
-            return;
-        };
-        if let Some(n) = self.per_host.get_mut(&out.host) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                self.per_host.remove(&out.host);
-            }
+        // Every other send that is done too: their results go to the store in one call.
+        let mut all = vec![done];
+        while let Some(more) = self.sends.try_join_next_with_id() {
+            all.push(more);
         }
         let now = self.shared.clock.now();
-        if let Some(reply) = reply {
+        let mut batch = Vec::with_capacity(all.len());
+        let mut hosts = Vec::with_capacity(all.len());
+        for done in all {
+            let (id, reply) = match done {
+                Ok((id, reply)) => (id, Some(reply)),
+                // The transport panicked: the delivery stays leased and is sent again when the
+                // lease ends.
+                Err(e) => (e.id(), None),
+            };
+            let Some(out) = self.out.remove(&id) else {
+                continue;
+            };
+            if let Some(n) = self.per_host.get_mut(&out.host) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.per_host.remove(&out.host);
+                }
+            }
+            hosts.push(out.host);
+            let Some(reply) = reply else {
+                count(&self.shared.stats.store_errors);
+                continue;
+            };
             let mut delivery = out.delivery;
             match delivery.handle_response(now, reply, &self.shared.config.retry) {
-                Ok(progress) => self.complete(now, out.token, delivery, progress).await,
+                Ok(progress) => batch.push((out.token, delivery, progress)),
                 Err(_) => count(&self.shared.stats.store_errors),
             }
-        } else {
-            count(&self.shared.stats.store_errors);
         }
-        self.next_waiter(now, &out.host).await;
+        self.complete_batch(now, batch).await;
+        for host in hosts {
+            self.next_waiter(now, &host).await;
+        }
     }
 
     /// Start the first delivery waiting for `host`, if its host has room.
@@ -631,45 +648,66 @@ impl<T: AsyncTransport + Send + Sync + 'static> Driver<T> {
         delivery: Delivery,
         progress: Progress,
     ) {
-        let key = *delivery.key();
-        let test = delivery.is_test();
+        self.complete_batch(now, vec![(token, delivery, progress)])
+            .await;
+    }
+
+    /// Write results, each fenced by its claim's token, in one store call (one transaction
+    /// where the store can).
+    async fn complete_batch(
+        &mut self,
+        now: DateTime<Utc>,
+        batch: Vec<(Token, Delivery, Progress)>,
+    ) {
+        if batch.is_empty() {
+            return;
+        }
+        let meta: Vec<(DeliveryKey, bool, Progress)> = batch
+            .iter()
+            .map(|(_, d, p)| (*d.key(), d.is_test(), *p))
+            .collect();
         let disable = self.shared.config.disable;
+        let tests: Vec<DeliveryKey> = meta.iter().filter(|m| m.1).map(|m| m.0).collect();
         let written = blocking(&self.shared.store, move |s| {
-            let c = s.delivery_complete(now, token, delivery, progress, &disable)?;
-            let record = match (&c, test) {
-                (Completion::Completed { .. }, true) => s.delivery_get(&key)?,
-                _ => None,
-            };
-            Ok((c, record))
+            let done = s.deliveries_complete(now, batch, &disable)?;
+            let mut records = Vec::new();
+            for key in tests {
+                if let Some(d) = s.delivery_get(&key)? {
+                    records.push(d);
+                }
+            }
+            Ok((done, records))
         })
         .await;
         let stats = &self.shared.stats;
-        let (completion, record) = match written {
+        let (completions, records) = match written {
             Ok(w) => w,
             Err(_) => {
-                count(&stats.store_errors);
+                Counters::add(&stats.store_errors, meta.len() as u64);
                 return;
             }
         };
-        match completion {
-            Completion::LeaseLost => count(&stats.lease_lost),
-            Completion::Completed { next, disabled } => {
-                match next {
-                    Next::Finished if matches!(progress, Progress::Delivered { .. }) => {
-                        count(&stats.delivered);
+        for (completion, (_, _, progress)) in completions.into_iter().zip(&meta) {
+            match completion {
+                Completion::LeaseLost => count(&stats.lease_lost),
+                Completion::Completed { next, disabled } => {
+                    match next {
+                        Next::Finished if matches!(progress, Progress::Delivered { .. }) => {
+                            count(&stats.delivered);
+                        }
+                        Next::Finished => count(&stats.gave_up),
+                        Next::Scheduled => count(&stats.retried),
+                        Next::Held => count(&stats.held),
+                        _ => {}
                     }
-                    Next::Finished => count(&stats.gave_up),
-                    Next::Scheduled => count(&stats.retried),
-                    Next::Held => count(&stats.held),
-                    _ => {}
-                }
-                if disabled {
-                    self.check_notifications = true;
+                    if disabled {
+                        self.check_notifications = true;
+                    }
                 }
             }
         }
-        if let Some(record) = record.filter(Delivery::is_finished) {
-            let waiters = self.shared.fires().remove(&key).unwrap_or_default();
+        for record in records.into_iter().filter(Delivery::is_finished) {
+            let waiters = self.shared.fires().remove(record.key()).unwrap_or_default();
             for w in waiters {
                 let _ = w.send(record.clone());
             }

@@ -106,7 +106,7 @@ impl SqliteStore {
         let _mode: String = conn
             .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
             .db()?;
-        conn.pragma_update(None, "synchronous", "FULL").db()?;
+        conn.pragma_update(None, "synchronous", "NORMAL").db()?;
         conn.set_prepared_statement_cache_capacity(64);
         schema::migrate(&mut conn)?;
         Ok(SqliteStore {
@@ -752,10 +752,21 @@ impl Store for SqliteStore {
         &self,
         now: DateTime<Utc>,
         token: Token,
-        mut delivery: Delivery,
+        delivery: Delivery,
         progress: Progress,
         disable: &DisablePolicy,
     ) -> Result<Completion, StoreError> {
+        let mut done = self.deliveries_complete(now, vec![(token, delivery, progress)], disable)?;
+        done.pop()
+            .ok_or_else(|| StoreError::Database("a batch of one completed nothing".to_owned()))
+    }
+
+    fn deliveries_complete(
+        &self,
+        now: DateTime<Utc>,
+        batch: Vec<(Token, Delivery, Progress)>,
+        disable: &DisablePolicy,
+    ) -> Result<Vec<Completion>, StoreError> {
         let mut g = self.lock();
         let Inner {
             conn,
@@ -764,104 +775,32 @@ impl Store for SqliteStore {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .db()?;
-        let key = *delivery.key();
-        let fence: Option<(i64, i64, i64)> = tx
-            .prepare_cached(q(DELIVERIES, "fence")?)
-            .db()?
-            .query_row(params![key.to_text()], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })
-            .optional()
-            .db()?;
-        let Some((id, claims, written)) = fence else {
-            return Err(StoreError::UnknownDelivery(key));
-        };
-        if claims != token.0 {
-            return Ok(Completion::LeaseLost);
-        }
-        let pid = key.postback();
-        let registry = cached_registry(&tx, cache)?;
-        let pb = registry.get(pid).cloned();
-        let mut health = health_of(&tx, pid)?.unwrap_or_default();
-        let outcome = apply::complete(
-            now,
-            &mut delivery,
-            progress,
-            pb.as_ref(),
-            &mut health,
-            disable,
-        );
-        let p = project(&delivery, delivery.due())?;
-        let n = tx
-            .prepare_cached(q(DELIVERIES, "complete")?)
-            .db()?
-            .execute(named_params! {
-                ":id": id,
-                ":token": token.0,
-                ":state": p.state,
-                ":status": p.status,
-                ":due_at": p.due_at,
-                ":finished_at": p.finished_at,
-                ":written": p.written,
-            })
-            .db()?;
-        if n != 1 {
-            // Dropping the transaction rolls back.
-            return Ok(Completion::LeaseLost);
-        }
-        write_attempts(&tx, &delivery, count(written))?;
-        if pb.is_some() && !delivery.is_test() {
-            health_put(&tx, pid, &health)?;
-        }
-        let mut disabled = false;
+        let mut out = Vec::with_capacity(batch.len());
         let mut new_cache = None;
-        if let Some(reason) = outcome.disable {
-            let mut next = registry.clone();
-            // Only an active postback flips: however many results say so, once.
-            if matches!(
-                next.disable_automatically(pid, reason.clone(), now),
-                Ok(true)
+        for (token, delivery, progress) in batch {
+            match complete_one(
+                &tx,
+                cache,
+                &mut new_cache,
+                now,
+                token,
+                delivery,
+                progress,
+                disable,
             ) {
-                disabled = true;
-                new_cache = write_registry(&tx, registry, &next)?.map(|v| (v, next));
-                let note_id: i64 = tx
-                    .prepare_cached(q(NOTIFICATIONS, "next_id")?)
-                    .db()?
-                    .query_row([], |r| r.get(0))
-                    .db()?;
-                let note = Notification {
-                    id: note_id,
-                    postback: pid,
-                    partner: pb.as_ref().and_then(Postback::partner),
-                    reason,
-                    at: now,
-                    attempts: delivery.attempts().to_vec(),
-                };
-                tx.prepare_cached(q(NOTIFICATIONS, "insert")?)
-                    .db()?
-                    .execute(params![
-                        note_id,
-                        int("postback id", pid.get())?,
-                        floor(now),
-                        apply::to_json(&note)?
-                    ])
-                    .db()?;
-                let others = rows(
-                    &tx,
-                    q(DELIVERIES, "scheduled_of_except")?,
-                    named_params! {":postback": int("postback id", pid.get())?, ":id": id},
-                )?;
-                change_rows(&tx, others, |d| on_operation(Operation::Pause, now, d))?;
+                Ok(c) => out.push(c),
+                Err(e) => {
+                    // The transaction rolls back: a registry read inside it must not stay cached.
+                    *cache = None;
+                    return Err(e);
+                }
             }
         }
         tx.commit().db()?;
         if let Some(c) = new_cache {
             *cache = Some(c);
         }
-        Ok(Completion::Completed {
-            next: outcome.next,
-            disabled,
-        })
+        Ok(out)
     }
 
     fn delivery_unclaim(
@@ -1082,4 +1021,121 @@ impl SqliteStore {
         tx.commit().db()?;
         Ok(n)
     }
+}
+
+/// One completion of a batch, inside its transaction. `new_cache` takes the registry this
+/// batch wrote (cached once the transaction commits).
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the arguments of Store::delivery_complete, the transaction and the caches"
+)]
+fn complete_one(
+    tx: &rusqlite::Transaction<'_>,
+    cache: &mut Option<(i64, Registry)>,
+    new_cache: &mut Option<(i64, Registry)>,
+    now: DateTime<Utc>,
+    token: Token,
+    mut delivery: Delivery,
+    progress: Progress,
+    disable: &DisablePolicy,
+) -> Result<Completion, StoreError> {
+    let key = *delivery.key();
+    let fence: Option<(i64, i64, i64)> = tx
+        .prepare_cached(q(DELIVERIES, "fence")?)
+        .db()?
+        .query_row(params![key.to_text()], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .optional()
+        .db()?;
+    let Some((id, claims, written)) = fence else {
+        return Err(StoreError::UnknownDelivery(key));
+    };
+    if claims != token.0 {
+        return Ok(Completion::LeaseLost);
+    }
+    let pid = key.postback();
+    // A disable earlier in this batch changed the registry: read it from the transaction.
+    let registry = match new_cache {
+        Some((_, r)) => &*r,
+        None => cached_registry(tx, cache)?,
+    };
+    let pb = registry.get(pid).cloned();
+    let mut health = health_of(tx, pid)?.unwrap_or_default();
+    let outcome = apply::complete(
+        now,
+        &mut delivery,
+        progress,
+        pb.as_ref(),
+        &mut health,
+        disable,
+    );
+    let p = project(&delivery, delivery.due())?;
+    let n = tx
+        .prepare_cached(q(DELIVERIES, "complete")?)
+        .db()?
+        .execute(named_params! {
+            ":id": id,
+            ":token": token.0,
+            ":state": p.state,
+            ":status": p.status,
+            ":due_at": p.due_at,
+            ":finished_at": p.finished_at,
+            ":written": p.written,
+        })
+        .db()?;
+    if n != 1 {
+        // Dropping the transaction rolls back.
+        return Ok(Completion::LeaseLost);
+    }
+    write_attempts(tx, &delivery, count(written))?;
+    if pb.is_some() && !delivery.is_test() {
+        health_put(tx, pid, &health)?;
+    }
+    let mut disabled = false;
+    if let Some(reason) = outcome.disable {
+        let mut next = registry.clone();
+        // Only an active postback flips: however many results say so, once.
+        if matches!(
+            next.disable_automatically(pid, reason.clone(), now),
+            Ok(true)
+        ) {
+            disabled = true;
+            if let Some(v) = write_registry(tx, registry, &next)? {
+                *new_cache = Some((v, next));
+            }
+            let note_id: i64 = tx
+                .prepare_cached(q(NOTIFICATIONS, "next_id")?)
+                .db()?
+                .query_row([], |r| r.get(0))
+                .db()?;
+            let note = Notification {
+                id: note_id,
+                postback: pid,
+                partner: pb.as_ref().and_then(Postback::partner),
+                reason,
+                at: now,
+                attempts: delivery.attempts().to_vec(),
+            };
+            tx.prepare_cached(q(NOTIFICATIONS, "insert")?)
+                .db()?
+                .execute(params![
+                    note_id,
+                    int("postback id", pid.get())?,
+                    floor(now),
+                    apply::to_json(&note)?
+                ])
+                .db()?;
+            let others = rows(
+                tx,
+                q(DELIVERIES, "scheduled_of_except")?,
+                named_params! {":postback": int("postback id", pid.get())?, ":id": id},
+            )?;
+            change_rows(tx, others, |d| on_operation(Operation::Pause, now, d))?;
+        }
+    }
+    Ok(Completion::Completed {
+        next: outcome.next,
+        disabled,
+    })
 }
