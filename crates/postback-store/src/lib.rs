@@ -28,7 +28,7 @@ pub use clock::{Clock, ManualClock, Sleep, SystemClock};
 pub use handle::{Stats, TestFire, WorkerError, WorkerHandle};
 pub use memory::MemoryStore;
 #[cfg(feature = "sqlite")]
-pub use sqlite::SqliteStore;
+pub use sqlite::{Durability, SqliteStore};
 pub use store::{
     Claimed, Completion, Counts, Enqueued, Filter, Manage, Managed, Notification, Replay, Rules,
     Store, StoreError, Token,

@@ -56,14 +56,28 @@ impl<T> Db<T> for rusqlite::Result<T> {
     }
 }
 
+/// What a commit of the [`SqliteStore`] survives once it returned.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Durability {
+    /// Any crash of the process, kill -9 included (`synchronous = NORMAL` under WAL). The
+    /// default.
+    #[default]
+    ProcessCrash,
+    /// A power loss or a crash of the machine too (`synchronous = FULL`: the WAL is synced on
+    /// every commit).
+    PowerLoss,
+}
+
 /// The [`Store`] in one SQLite file.
 ///
 /// Opened with WAL (readers never wait for the writer), `busy_timeout` 5 s (a write waits that
-/// long for another process's), and `synchronous = FULL`: a trigger that returned is on disk
-/// even after a power loss, not only after a crash of the process (which `NORMAL` survives
-/// too). A lost acknowledged trigger is a conversion the partner is never told about, so the
-/// store pays the one extra sync per commit that WAL needs for it. No foreign keys: attempts,
-/// the audit trail and notifications outlive the deliveries and postbacks they name.
+/// long for another process's), and the [`Durability`] asked for: by default
+/// `synchronous = NORMAL`, under which a committed trigger or result survives any crash of the
+/// process (kill -9 included) but the last commits can be lost if the machine itself loses
+/// power; [`Durability::PowerLoss`] (`synchronous = FULL`) syncs the WAL on every commit and
+/// costs about 10x the throughput on this kind of disk. No foreign keys: attempts, the audit
+/// trail and notifications outlive the deliveries and postbacks they name.
 ///
 /// Calls block (on the connection's lock and on other processes' writes); the
 /// [`Worker`](crate::Worker) makes them on tokio's blocking threads.
@@ -86,19 +100,32 @@ impl SqliteStore {
     /// A file written by a newer postback-store is refused with [`StoreError::SchemaTooNew`]
     /// and left as it is.
     pub fn open(path: impl AsRef<Path>) -> Result<SqliteStore, StoreError> {
+        SqliteStore::open_with(path, Durability::default())
+    }
+
+    /// [`open`](Self::open) with the durability of commits chosen.
+    pub fn open_with(
+        path: impl AsRef<Path>,
+        durability: Durability,
+    ) -> Result<SqliteStore, StoreError> {
         let path = path.as_ref();
         let conn = Connection::open(path).db()?;
-        SqliteStore::with_connection(conn, Some(path.to_owned()))
+        SqliteStore::with_connection(conn, Some(path.to_owned()), durability)
     }
 
     /// A store in memory, gone when dropped (tests).
     pub fn open_in_memory() -> Result<SqliteStore, StoreError> {
-        SqliteStore::with_connection(Connection::open_in_memory().db()?, None)
+        SqliteStore::with_connection(
+            Connection::open_in_memory().db()?,
+            None,
+            Durability::default(),
+        )
     }
 
     fn with_connection(
         mut conn: Connection,
         path: Option<PathBuf>,
+        durability: Durability,
     ) -> Result<SqliteStore, StoreError> {
         conn.busy_timeout(BUSY_TIMEOUT).db()?;
         // Before changing anything in the file.
@@ -106,7 +133,11 @@ impl SqliteStore {
         let _mode: String = conn
             .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
             .db()?;
-        conn.pragma_update(None, "synchronous", "NORMAL").db()?;
+        let sync = match durability {
+            Durability::ProcessCrash => "NORMAL",
+            Durability::PowerLoss => "FULL",
+        };
+        conn.pragma_update(None, "synchronous", sync).db()?;
         conn.set_prepared_statement_cache_capacity(64);
         schema::migrate(&mut conn)?;
         Ok(SqliteStore {
