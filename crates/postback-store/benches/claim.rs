@@ -1,6 +1,6 @@
 //! Claim + complete latency with 1,000 and with 1,000,000 pending deliveries, per store: the
 //! ratio between the two says whether claiming uses an index or a scan (target: within 1.5x).
-//! The pending deliveries are due in an hour; each iteration adds one due now (untimed), then
+//! The pending deliveries are due later (the longest delay, 5 min); each iteration adds one due now (untimed), then
 //! claims it and completes it as delivered (timed). Bytes per pending delivery on disk are
 //! printed for the SQLite store.
 #![allow(missing_docs)]
@@ -27,7 +27,7 @@ fn setup<S: Store>(s: &S, pending: u64) {
     let pb = Postback::builder(PostbackId::new(1))
         .partner(PARTNER)
         .url("https://partner.example/pb?cid={sub1}&payout={payout}")
-        .delay(Duration::from_secs(3600))
+        .delay(postback::model::MAX_DELAY)
         .build()
         .expect("valid");
     s.postback_manage(

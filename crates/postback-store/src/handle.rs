@@ -131,6 +131,88 @@ pub(crate) struct Shared {
     pub stopped: watch::Sender<bool>,
     pub fires: Mutex<Fires>,
     pub stats: Counters,
+    /// Triggers waiting for the next group commit.
+    pub triggers: Mutex<TriggerQueue>,
+}
+
+/// A trigger waiting to be stored, and who waits for its result.
+pub(crate) struct Queued {
+    trigger: Trigger,
+    values: Box<dyn MacroValues + Send>,
+    reply: tokio::sync::oneshot::Sender<Result<Enqueued, WorkerError>>,
+}
+
+/// Triggers that arrived while a commit was running: the next commit takes them all, so
+/// concurrent callers share one transaction (group commit).
+#[derive(Default)]
+pub(crate) struct TriggerQueue {
+    waiting: Vec<Queued>,
+    /// A blocking task is committing; it takes what waits when it is done.
+    flushing: bool,
+}
+
+/// The most triggers one commit takes.
+const GROUP: usize = 256;
+
+/// Lets the next trigger start a flusher if this one panicked (its callers get an error: their
+/// reply senders are dropped).
+struct Unstick<'a>(&'a Shared);
+
+impl Drop for Unstick<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let mut q = self
+                .0
+                .triggers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            q.flushing = false;
+        }
+    }
+}
+
+/// Commit what waits, then what came meanwhile, until nothing waits.
+fn flush(shared: &Shared) {
+    let _unstick = Unstick(shared);
+    loop {
+        let batch: Vec<Queued> = {
+            let mut q = shared
+                .triggers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if q.waiting.is_empty() {
+                q.flushing = false;
+                return;
+            }
+            let n = q.waiting.len().min(GROUP);
+            q.waiting.drain(..n).collect()
+        };
+        let now = shared.clock.now();
+        let items: Vec<(Trigger, &dyn MacroValues)> = batch
+            .iter()
+            .map(|q| (q.trigger, &*q.values as &dyn MacroValues))
+            .collect();
+        let result = shared
+            .store
+            .triggers_enqueue(now, &items, &shared.config.rules);
+        drop(items);
+        match result {
+            Ok(outs) => {
+                for (q, out) in batch.into_iter().zip(outs) {
+                    let _ = q.reply.send(Ok(out));
+                }
+            }
+            Err(e) => {
+                let text = e.to_string();
+                for q in batch {
+                    let _ = q
+                        .reply
+                        .send(Err(WorkerError::Store(StoreError::Database(text.clone()))));
+                }
+            }
+        }
+        shared.wake.notify_one();
+    }
 }
 
 impl Shared {
@@ -200,11 +282,28 @@ impl WorkerHandle {
         trigger: Trigger,
         values: impl MacroValues + Send + 'static,
     ) -> Result<Enqueued, WorkerError> {
-        let now = self.shared.clock.now();
-        let out = self
-            .call(move |s, c| s.trigger_enqueue(now, &trigger, &values, &c.rules))
-            .await?;
-        self.wake();
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let start = {
+            let mut q = self
+                .shared
+                .triggers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            q.waiting.push(Queued {
+                trigger,
+                values: Box::new(values),
+                reply,
+            });
+            !std::mem::replace(&mut q.flushing, true)
+        };
+        if start {
+            let shared = Arc::clone(&self.shared);
+            // The flusher ends only when nothing waits, so no trigger is left behind.
+            tokio::task::spawn_blocking(move || flush(&shared));
+        }
+        let out = answer.await.map_err(|_| {
+            WorkerError::Blocking("the commit of this trigger was cancelled".into())
+        })??;
         Ok(out)
     }
 

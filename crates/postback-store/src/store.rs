@@ -321,6 +321,22 @@ pub trait Store: Send + Sync + 'static {
         rules: &Rules,
     ) -> Result<Enqueued, StoreError>;
 
+    /// Several triggers at once, each as [`trigger_enqueue`](Store::trigger_enqueue) would; a
+    /// store may write them in one transaction (the SQLite store does: one commit for the batch,
+    /// so concurrent callers share it). The results come back in the batch's order; on an error
+    /// none of the batch may have been stored.
+    fn triggers_enqueue(
+        &self,
+        now: DateTime<Utc>,
+        batch: &[(Trigger, &dyn MacroValues)],
+        rules: &Rules,
+    ) -> Result<Vec<Enqueued>, StoreError> {
+        batch
+            .iter()
+            .map(|(t, v)| self.trigger_enqueue(now, t, *v, rules))
+            .collect()
+    }
+
     /// Queue one test fire of a server-to-server postback with `values` on behalf of `actor`
     /// (permissions as for an edit; audited), whatever the postback's status: attempted once,
     /// never retried, never counted. Returns its key.

@@ -291,6 +291,7 @@ impl<T: AsyncTransport + Send + Sync + 'static> Worker<T> {
                 stopped: watch::Sender::new(false),
                 fires: Mutex::default(),
                 stats: Counters::default(),
+                triggers: Mutex::default(),
             }),
             transport: Arc::new(transport),
         }

@@ -648,6 +648,17 @@ impl Store for SqliteStore {
         values: &dyn MacroValues,
         rules: &Rules,
     ) -> Result<Enqueued, StoreError> {
+        let mut done = self.triggers_enqueue(now, &[(*trigger, values)], rules)?;
+        done.pop()
+            .ok_or_else(|| StoreError::Database("a batch of one enqueued nothing".to_owned()))
+    }
+
+    fn triggers_enqueue(
+        &self,
+        now: DateTime<Utc>,
+        batch: &[(Trigger, &dyn MacroValues)],
+        rules: &Rules,
+    ) -> Result<Vec<Enqueued>, StoreError> {
         let mut g = self.lock();
         let Inner {
             conn,
@@ -659,26 +670,32 @@ impl Store for SqliteStore {
         let registry = cached_registry(&tx, cache)?;
         let mut ids = Ids::read(&tx)?;
         let exists = q(DELIVERIES, "exists")?;
-        let (out, new) = apply::enqueue(
-            registry,
-            now,
-            trigger,
-            values,
-            rules,
-            |k| {
-                tx.prepare_cached(exists)
-                    .db()?
-                    .exists(params![k.to_text()])
-                    .db()
-            },
-            || ids.next(),
-        )?;
-        for d in &new {
-            insert_delivery(&tx, d)?;
+        let mut outs = Vec::with_capacity(batch.len());
+        for (trigger, values) in batch {
+            let (out, new) = apply::enqueue(
+                registry,
+                now,
+                trigger,
+                *values,
+                rules,
+                |k| {
+                    // Also a key inserted earlier in this batch: the same trigger twice in one
+                    // batch inserts once.
+                    tx.prepare_cached(exists)
+                        .db()?
+                        .exists(params![k.to_text()])
+                        .db()
+                },
+                || ids.next(),
+            )?;
+            for d in &new {
+                insert_delivery(&tx, d)?;
+            }
+            outs.push(out);
         }
         ids.write(&tx)?;
         tx.commit().db()?;
-        Ok(out)
+        Ok(outs)
     }
 
     fn test_fire_enqueue(
