@@ -36,6 +36,7 @@ pub trait Harness {
 /// Every behaviour, in turn.
 pub fn run_all<H: Harness>(h: &mut H) {
     same_trigger_twice_creates_nothing_new(h);
+    a_batch_of_triggers_is_stored_as_one_by_one(h);
     a_due_delivery_is_claimed_by_one_claimant_only(h);
     a_completion_after_the_lease_was_lost_writes_nothing(h);
     a_batch_of_completions_is_fenced_one_by_one(h);
@@ -843,4 +844,24 @@ pub fn a_batch_of_completions_is_fenced_one_by_one<H: Harness>(h: &mut H) {
         2,
         "the other two are written"
     );
+}
+
+/// Triggers stored together come back in order, each as if alone: the same trigger twice in
+/// one batch creates one delivery.
+pub fn a_batch_of_triggers_is_stored_as_one_by_one<H: Harness>(h: &mut H) {
+    let s = with_postback(h);
+    let (a, b) = (
+        Trigger::conversion(1, PARTNER, OfferId::new(42)),
+        Trigger::conversion(2, PARTNER, OfferId::new(42)),
+    );
+    let (va, vb) = (values("a"), values("b"));
+    let batch: Vec<(Trigger, &dyn postback::template::MacroValues)> =
+        vec![(a, &va), (b, &vb), (a, &va)];
+    let out = ok(s.triggers_enqueue(t0(), &batch, &Rules::default()), "a batch");
+    assert_eq!(out.len(), 3);
+    assert_eq!((out[0].created.len(), out[1].created.len()), (1, 1));
+    assert!(out[2].created.is_empty(), "the repeat in the batch creates nothing");
+    assert_eq!(out[2].duplicates, out[0].created);
+    let s = h.reopen(s);
+    assert_eq!(ok(s.deliveries_count(), "counts").pending, 2);
 }
