@@ -101,7 +101,7 @@ impl Transport for UreqTransport {
     fn send(&self, request: Request<Vec<u8>>) -> Result<Response<Vec<u8>>, Failure> {
         let uri = request.uri().clone();
         let target = precheck(&self.policy, &uri)?;
-        let _slot = self.slots.acquire(target.key, self.config.timeout)?;
+        let _slot = self.slots.acquire(&target.key, self.config.timeout)?;
         let (parts, body) = self
             .agent
             .run(request)
