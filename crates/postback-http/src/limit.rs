@@ -34,7 +34,8 @@ pub(crate) struct BlockingSlots {
 /// known host allocates nothing.
 #[derive(Debug, Default)]
 struct Busy {
-    hosts: HashMap<Arc<str>, usize>,
+    /// Per host: its key, shared with the slots held, and the requests in flight.
+    hosts: HashMap<Box<str>, (Arc<str>, usize)>,
     waiting: usize,
 }
 
@@ -55,8 +56,16 @@ impl BlockingSlots {
 
     /// Take a slot for `key`, waiting up to `wait` for one.
     pub(crate) fn acquire(&self, key: &str, wait: Duration) -> Result<BlockingSlot<'_>, Failure> {
-        let full = |b: &mut Busy| b.hosts.get(key).is_some_and(|n| *n >= self.max);
         let mut state = lock(&self.state);
+        // A known host with a slot free: one look-up.
+        if let Some((k, n)) = state.hosts.get_mut(key) {
+            if *n < self.max {
+                *n += 1;
+                let key = Arc::clone(k);
+                return Ok(BlockingSlot { slots: self, key });
+            }
+        }
+        let full = |b: &mut Busy| b.hosts.get(key).is_some_and(|(_, n)| *n >= self.max);
         if full(&mut state) {
             state.waiting += 1;
             state = self
@@ -69,11 +78,12 @@ impl BlockingSlots {
                 return Err(no_slot(key, self.max, wait));
             }
         }
-        let key: Arc<str> = match state.hosts.get_key_value(key) {
-            Some((k, _)) => Arc::clone(k),
-            None => key.into(),
-        };
-        *state.hosts.entry(Arc::clone(&key)).or_insert(0) += 1;
+        let (k, n) = state
+            .hosts
+            .entry(key.into())
+            .or_insert_with(|| (key.into(), 0));
+        *n += 1;
+        let key = Arc::clone(k);
         Ok(BlockingSlot { slots: self, key })
     }
 }
@@ -81,7 +91,7 @@ impl BlockingSlots {
 impl Drop for BlockingSlot<'_> {
     fn drop(&mut self) {
         let mut state = lock(&self.slots.state);
-        if let Some(n) = state.hosts.get_mut(&*self.key) {
+        if let Some((_, n)) = state.hosts.get_mut(&*self.key) {
             *n = n.saturating_sub(1);
         }
         let waiting = state.waiting > 0;
