@@ -107,7 +107,7 @@ impl Drop for BlockingSlot<'_> {
 #[derive(Debug)]
 pub(crate) struct AsyncSlots {
     max: usize,
-    hosts: Mutex<HashMap<String, std::sync::Arc<tokio::sync::Semaphore>>>,
+    hosts: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
 }
 
 #[cfg(feature = "reqwest")]
@@ -128,11 +128,25 @@ impl AsyncSlots {
         let semaphore = {
             let mut hosts = lock(&self.hosts);
             // The map holds one small entry per host ever sent to: partner hosts, a bounded set.
-            std::sync::Arc::clone(
-                hosts
-                    .entry(key.to_owned())
-                    .or_insert_with(|| std::sync::Arc::new(tokio::sync::Semaphore::new(self.max))),
-            )
+            // A known host's is found without allocating its key.
+            match hosts.get(key) {
+                Some(s) => Arc::clone(s),
+                None => Arc::clone(
+                    hosts
+                        .entry(key.to_owned())
+                        .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.max))),
+                ),
+            }
+        };
+        // A free slot is taken at once, without arming a timer.
+        let semaphore = match Arc::clone(&semaphore).try_acquire_owned() {
+            Ok(permit) => return Ok(permit),
+            Err(tokio::sync::TryAcquireError::Closed) => {
+                return Err(Failure::Local(format!(
+                    "the connection slots for {key} were closed"
+                )));
+            }
+            Err(tokio::sync::TryAcquireError::NoPermits) => semaphore,
         };
         match tokio::time::timeout(wait, semaphore.acquire_owned()).await {
             Ok(Ok(permit)) => Ok(permit),
