@@ -828,13 +828,13 @@ impl Engine {
                         slots.in_flight += 1;
                     }
                     self.sending.insert(id, host);
-                    let shown = out.redacted_url().to_owned();
+                    let (request, shown) = out.into_parts();
                     return Some(Transmit {
                         delivery: id,
                         shown,
                         key,
                         postback: pid,
-                        request: out.into_request(),
+                        request,
                     });
                 }
                 Action::Unsendable(failure) => {

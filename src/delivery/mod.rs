@@ -524,6 +524,10 @@ impl Outgoing {
     pub fn redacted_url(&self) -> &str {
         &self.shown
     }
+    /// The request and the redacted URL, without a copy of either.
+    pub(crate) fn into_parts(self) -> (http::Request<Vec<u8>>, String) {
+        (self.request, self.shown)
+    }
 }
 
 impl std::ops::Deref for Outgoing {
@@ -844,13 +848,13 @@ impl Delivery {
             .get(http::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| parse_retry_after(v, now));
-        let text = scrub_text(&body_prefix(body), &self.scrub.0);
+        let text = scrub_text(body_prefix(body), &self.scrub.0);
         self.settle(now, Some(status), text, failure, retry_after, policy)
     }
 
     fn handle_failure(&mut self, now: DateTime<Utc>, f: Failure, policy: &RetryPolicy) -> Progress {
         let text: String = f.detail().chars().take(BODY_PREFIX).collect();
-        let text = scrub_text(&text, &self.scrub.0);
+        let text = scrub_text(text, &self.scrub.0);
         self.settle(now, None, text, Some(f.class()), None, policy)
     }
 
