@@ -120,7 +120,7 @@ pub fn plan_trigger<V: MacroValues + ?Sized>(
     let firing: Vec<PostbackId> = resolution.firing().collect();
     let mut plan = Plan {
         resolution,
-        deliveries: Vec::new(),
+        deliveries: Vec::with_capacity((firing.len() + held.len()).min(rules.max_deliveries)),
         pixels: Vec::new(),
         errors: Vec::new(),
     };

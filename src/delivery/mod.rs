@@ -898,6 +898,10 @@ impl Delivery {
         };
         let counted = failure.is_some_and(|f| f.counts());
         let number = (self.attempts.len() as u32).saturating_add(1);
+        // Most deliveries take one attempt: room for exactly one first, not the default four.
+        if self.attempts.is_empty() {
+            self.attempts.reserve_exact(1);
+        }
         self.attempts.push(Attempt {
             number,
             at: since,
