@@ -211,13 +211,16 @@ const SECRET_NAMES: [&str; 13] = [
     "session", "nonce",
 ];
 
-/// The first letters of [`SECRET_NAMES`], so most positions of a name are passed over with one
-/// table read.
-const SECRET_FIRST: [bool; 256] = {
-    let mut t = [false; 256];
+/// For each byte, the [`SECRET_NAMES`] that start with it in either case (bit `i` for name
+/// `i`), so most positions of a name are passed over with one table read and a match is tried
+/// only against the names it can be.
+const SECRET_BY_FIRST: [u16; 256] = {
+    let mut t = [0u16; 256];
     let mut i = 0;
     while i < SECRET_NAMES.len() {
-        t[SECRET_NAMES[i].as_bytes()[0] as usize] = true;
+        let first = SECRET_NAMES[i].as_bytes()[0];
+        t[first as usize] |= 1 << i;
+        t[first.to_ascii_uppercase() as usize] |= 1 << i;
         i += 1;
     }
     t
@@ -226,27 +229,26 @@ const SECRET_FIRST: [bool; 256] = {
 /// Whether a parameter name suggests a secret. The name is read percent-decoded, so `to%6Ben`
 /// is `token` too, and case-insensitively. It runs for every parameter of every send.
 fn is_secret_key(key: &str) -> bool {
-    let decoded: std::borrow::Cow<'_, [u8]> = if key.bytes().any(|b| b == b'%') {
-        percent_encoding::percent_decode_str(key)
-            .collect::<Vec<u8>>()
-            .into()
+    if key.bytes().any(|b| b == b'%') {
+        let decoded: Vec<u8> = percent_encoding::percent_decode_str(key).collect();
+        has_secret_name(&decoded)
     } else {
-        key.as_bytes().into()
-    };
-    let mut buf = [0u8; 64];
-    let lower: std::borrow::Cow<'_, [u8]> = if decoded.len() <= buf.len() {
-        let b = &mut buf[..decoded.len()];
-        b.copy_from_slice(&decoded);
-        b.make_ascii_lowercase();
-        std::borrow::Cow::Borrowed(&buf[..decoded.len()])
-    } else {
-        decoded.to_ascii_lowercase().into()
-    };
-    (0..lower.len()).any(|i| {
-        SECRET_FIRST[usize::from(lower[i])]
-            && SECRET_NAMES
-                .iter()
-                .any(|n| n.as_bytes()[0] == lower[i] && lower[i..].starts_with(n.as_bytes()))
+        has_secret_name(key.as_bytes())
+    }
+}
+
+/// Whether one of [`SECRET_NAMES`] occurs in `name`, ignoring ASCII case.
+fn has_secret_name(name: &[u8]) -> bool {
+    (0..name.len()).any(|i| {
+        let mut candidates = SECRET_BY_FIRST[usize::from(name[i])];
+        while candidates != 0 {
+            let n = SECRET_NAMES[candidates.trailing_zeros() as usize].as_bytes();
+            if name[i..].len() >= n.len() && name[i..i + n.len()].eq_ignore_ascii_case(n) {
+                return true;
+            }
+            candidates &= candidates - 1;
+        }
+        false
     })
 }
 
@@ -462,6 +464,26 @@ mod tests {
             }
         }
         (out, found)
+    }
+
+    #[test]
+    fn secret_names_are_found_in_any_case_anywhere_in_the_name() {
+        for name in [
+            "token",
+            "X_TOKEN",
+            "apiKey",
+            "Sig",
+            "to%6Ben",
+            "%54oken",
+            "my_session_id",
+        ] {
+            assert!(is_secret_key(name), "{name}");
+        }
+        for name in [
+            "cid", "payout", "currency", "txid", "", "tok", "%zz", "t%6F",
+        ] {
+            assert!(!is_secret_key(name), "{name}");
+        }
     }
 
     #[test]
