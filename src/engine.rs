@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use crate::access::{AccessError, Actor, AuditEntry, Gatekeeper, Settings};
 use crate::delivery::{
     Action, Attempt, Delivery, DeliveryError, DeliveryId, DisablePolicy, Failure, FailureClass,
-    Next, Progress, RetryPolicy, SendContext, State, add, check, settle,
+    Next, Progress, Rendered, RetryPolicy, SendContext, State, add, check, settle,
 };
 use crate::hash::IdMap;
 use crate::model::{DeliveryKey, PartnerId, Postback, PostbackId, Purpose, TriggerId};
@@ -52,6 +52,10 @@ use crate::plan::{PlanRules, plan_trigger};
 /// The shortest lease honoured, whatever the configuration says: a zero lease would send every
 /// request again at once.
 const MIN_LEASE: Duration = Duration::from_secs(1);
+
+/// Requests kept from the plan's check for their first send, at most: enough for every delivery
+/// of the triggers between two polls, a bounded few kilobytes whatever is in flight.
+const RENDERED_KEPT: usize = 256;
 
 /// How the engine delivers. Configuration, not state: a restored snapshot runs under the
 /// configuration given to [`Engine::restore`].
@@ -431,6 +435,10 @@ pub struct Engine {
     health: IdMap<PostbackId, Health>,
     events: VecDeque<Event>,
     next_id: u64,
+    /// The request the plan's check made for a new delivery, taken by its first send so that
+    /// the send does not render and parse it again (at most [`RENDERED_KEPT`]). Only valid for
+    /// the registry as it was: emptied whenever the registry may have changed.
+    rendered: IdMap<DeliveryId, Rendered>,
 }
 
 impl fmt::Debug for Engine {
@@ -463,6 +471,7 @@ impl Engine {
             health: IdMap::default(),
             events: VecDeque::new(),
             next_id: 1,
+            rendered: IdMap::default(),
         }
     }
 
@@ -485,12 +494,18 @@ impl Engine {
     /// resuming or enabling here does not replay held deliveries: use [`Engine::resume`] and
     /// [`Engine::enable`] for that. The engine checks every send against the registry as it is.
     pub fn registry_mut(&mut self) -> &mut Registry {
+        self.registry_changed();
         &mut self.registry
     }
 
     /// Set the precedence rule.
     pub fn set_precedence(&mut self, p: Precedence) {
         self.registry.set_precedence(p);
+    }
+
+    /// The registry may have changed: a request rendered before is not sent as it is.
+    fn registry_changed(&mut self) {
+        self.rendered.clear();
     }
 
     /// A delivery that has not finished.
@@ -585,7 +600,12 @@ impl Engine {
                     self.hold(id);
                     fired.held.push((pid, id));
                 }
-                Ok(id) => fired.deliveries.push((pid, id)),
+                Ok(id) => {
+                    if let Some(r) = p.rendered.filter(|_| self.rendered.len() < RENDERED_KEPT) {
+                        self.rendered.insert(id, r);
+                    }
+                    fired.deliveries.push((pid, id));
+                }
                 Err(e) => fired.errors.push((pid, e)),
             }
         }
@@ -709,6 +729,7 @@ impl Engine {
     /// Remove a delivery that ended, remember its key and keep its record.
     fn finish(&mut self, id: DeliveryId) -> Option<Box<Delivery>> {
         self.unschedule(id);
+        self.rendered.remove(&id);
         let mut d = self.deliveries.remove(&id)?;
         // A finished delivery is a record: its values (which may be secrets) are no longer
         // needed, and its events and kept records never carry them.
@@ -811,14 +832,16 @@ impl Engine {
             let Some(d) = self.deliveries.get_mut(&id) else {
                 continue;
             };
+            let rendered = self.rendered.remove(&id);
+            let ctx = Self::send_context(&self.config, pb);
             let action = match refused {
-                Some(e) => match d.poll(now, &Self::send_context(&self.config, pb)) {
+                Some(e) => match d.poll_rendered(now, &ctx, rendered) {
                     Action::Send(_) | Action::Unsendable(_) => {
                         Action::Unsendable(Failure::Forbidden(e.to_string()))
                     }
                     other => other,
                 },
-                None => d.poll(now, &Self::send_context(&self.config, pb)),
+                None => d.poll_rendered(now, &ctx, rendered),
             };
             let key = *d.key();
             match action {
@@ -828,13 +851,13 @@ impl Engine {
                         slots.in_flight += 1;
                     }
                     self.sending.insert(id, host);
-                    let shown = out.redacted_url().to_owned();
+                    let (request, shown) = out.into_parts();
                     return Some(Transmit {
                         delivery: id,
                         shown,
                         key,
                         postback: pid,
-                        request: out.into_request(),
+                        request,
                     });
                 }
                 Action::Unsendable(failure) => {
@@ -1094,6 +1117,7 @@ impl Engine {
         postback: Postback,
     ) -> Result<AuditEntry, EngineError> {
         self.check_net(&postback)?;
+        self.registry_changed();
         Ok(self
             .gatekeeper()
             .create(&mut self.registry, actor, now, postback)?)
@@ -1109,6 +1133,7 @@ impl Engine {
         postback: Postback,
     ) -> Result<AuditEntry, EngineError> {
         self.check_net(&postback)?;
+        self.registry_changed();
         Ok(self
             .gatekeeper()
             .edit(&mut self.registry, actor, now, postback)?)
@@ -1142,6 +1167,7 @@ impl Engine {
         actor: Actor,
         id: PostbackId,
     ) -> Result<AuditEntry, EngineError> {
+        self.registry_changed();
         let entry = self
             .gatekeeper()
             .enable(&mut self.registry, actor, now, id)?;
@@ -1157,6 +1183,7 @@ impl Engine {
         actor: Actor,
         id: PostbackId,
     ) -> Result<AuditEntry, EngineError> {
+        self.registry_changed();
         let entry = self
             .gatekeeper()
             .pause(&mut self.registry, actor, now, id)?;
@@ -1172,6 +1199,7 @@ impl Engine {
         actor: Actor,
         id: PostbackId,
     ) -> Result<AuditEntry, EngineError> {
+        self.registry_changed();
         let entry = self
             .gatekeeper()
             .resume(&mut self.registry, actor, now, id)?;
@@ -1187,6 +1215,7 @@ impl Engine {
         actor: Actor,
         id: PostbackId,
     ) -> Result<AuditEntry, EngineError> {
+        self.registry_changed();
         let entry = self
             .gatekeeper()
             .delete(&mut self.registry, actor, now, id)?;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::delivery::{RenderError, SendContext, check};
+use crate::delivery::{RenderError, Rendered, SendContext, check_rendered};
 use crate::model::{DeliveryKey, Method, PostbackId};
 use crate::registry::{Outcome, Precedence, Registry, Resolution, SkipReason, Trigger};
 use crate::template::{MacroValues, Pixel, StoredValues};
@@ -88,6 +88,8 @@ pub struct Planned {
     pub delay: Duration,
     /// Created held: its postback was disabled automatically (see [`held_for`]).
     pub held: bool,
+    /// The request the check made, for the first send (see [`Rendered`]).
+    pub(crate) rendered: Option<Rendered>,
 }
 
 /// What a trigger creates.
@@ -118,7 +120,7 @@ pub fn plan_trigger<V: MacroValues + ?Sized>(
     let firing: Vec<PostbackId> = resolution.firing().collect();
     let mut plan = Plan {
         resolution,
-        deliveries: Vec::new(),
+        deliveries: Vec::with_capacity((firing.len() + held.len()).min(rules.max_deliveries)),
         pixels: Vec::new(),
         errors: Vec::new(),
     };
@@ -153,12 +155,13 @@ pub fn plan_trigger<V: MacroValues + ?Sized>(
                     .idempotency_header(rules.idempotency_header)
                     .max_value_len(Some(rules.max_value_len));
                 // A value that does not fit is reported now, not on every attempt.
-                match check(&key, &stored, &ctx) {
-                    Ok(_) => plan.deliveries.push(Planned {
+                match check_rendered(&key, &stored, &ctx) {
+                    Ok(rendered) => plan.deliveries.push(Planned {
                         key,
                         values: stored,
                         delay: pb.delay(),
                         held: is_held,
+                        rendered: Some(rendered),
                     }),
                     Err(e) => plan.errors.push((pid, e.into())),
                 }

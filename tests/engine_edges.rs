@@ -259,3 +259,51 @@ fn attempt_records_redact_a_secret_in_the_path() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn a_postback_edited_between_the_trigger_and_the_first_send_sends_the_new_url() {
+    let edited = |url: &str| {
+        Postback::builder(PB)
+            .partner(PARTNER)
+            .url(url)
+            .build()
+            .unwrap()
+    };
+    // Behind the engine's back, through the registry.
+    let mut e = engine(EngineConfig::default());
+    convert(&mut e, t0());
+    e.registry_mut()
+        .update(edited("https://new.example/pb?cid={sub1}"))
+        .unwrap();
+    let tx = e.poll_transmit(t0()).unwrap();
+    assert_eq!(tx.request.uri(), "https://new.example/pb?cid=clk");
+    // Through the engine, on behalf of a manager.
+    let mut e = engine(EngineConfig::default());
+    convert(&mut e, t0());
+    e.edit(
+        t0(),
+        MANAGER,
+        edited("https://other.example/pb?c={sub1}&d={delivery_id}"),
+    )
+    .unwrap();
+    let tx = e.poll_transmit(t0()).unwrap();
+    assert!(
+        tx.request
+            .uri()
+            .to_string()
+            .starts_with("https://other.example/pb?c=clk&d="),
+        "{}",
+        tx.request.uri()
+    );
+    // Unedited, the first send is the request the trigger's check made.
+    let mut e = engine(EngineConfig::default().idempotency_header("Idempotency-Key"));
+    convert(&mut e, t0());
+    let tx = e.poll_transmit(t0()).unwrap();
+    let key = tx.key.to_string();
+    assert_eq!(
+        tx.request.uri().to_string(),
+        format!("https://t.example/pb?cid=clk&token=s3cret&d={key}")
+    );
+    assert_eq!(tx.request.headers()["idempotency-key"], key.as_str());
+    assert!(!format!("{tx:?}").contains("s3cret"));
+}

@@ -524,6 +524,10 @@ impl Outgoing {
     pub fn redacted_url(&self) -> &str {
         &self.shown
     }
+    /// The request and the redacted URL, without a copy of either.
+    pub(crate) fn into_parts(self) -> (http::Request<Vec<u8>>, String) {
+        (self.request, self.shown)
+    }
 }
 
 impl std::ops::Deref for Outgoing {
@@ -750,10 +754,24 @@ impl Delivery {
     /// makes, built straight into an `http::Request` (the URL is parsed once).
     ///
     /// [`request`]: Self::request
-    fn http_request(&self, ctx: &SendContext<'_>) -> Result<(Outgoing, Vec<String>), RenderError> {
-        let (method, url, key) = render_url(&self.key, &self.values, ctx)?;
+    fn http_request(
+        &self,
+        ctx: &SendContext<'_>,
+        rendered: Option<Rendered>,
+    ) -> Result<(Outgoing, Vec<String>), RenderError> {
+        let (method, url, uri, key) = match rendered {
+            Some(r) => (r.method, r.url, Some(r.uri), r.key),
+            None => {
+                let (method, url, key) = render_url(&self.key, &self.values, ctx)?;
+                (method, url, None, key)
+            }
+        };
         let (shown, parts) = redact_for_record(&url, ctx.postback.secrets());
-        let mut b = http::Request::builder().method(method.as_http()).uri(url);
+        let b = http::Request::builder().method(method.as_http());
+        let mut b = match uri {
+            Some(uri) => b.uri(uri),
+            None => b.uri(url),
+        };
         if let Some(h) = ctx.idempotency_header {
             // The key is URL-unreserved text, always a valid value: only the name can be wrong.
             let name = http::HeaderName::try_from(h)
@@ -775,9 +793,20 @@ impl Delivery {
     /// What to do at `now`, with the postback as it is now. A returned [`Action::Send`] or
     /// [`Action::Unsendable`] moves the delivery in flight.
     pub fn poll(&mut self, now: DateTime<Utc>, ctx: &SendContext<'_>) -> Action {
+        self.poll_rendered(now, ctx, None)
+    }
+
+    /// [`poll`](Self::poll), with the request [`check_rendered`] made for this delivery and
+    /// `ctx`'s postback as it is now, if the caller kept it.
+    pub(crate) fn poll_rendered(
+        &mut self,
+        now: DateTime<Utc>,
+        ctx: &SendContext<'_>,
+        rendered: Option<Rendered>,
+    ) -> Action {
         match self.state {
             State::Scheduled { at } if at <= now => {
-                let made = self.http_request(ctx);
+                let made = self.http_request(ctx, rendered);
                 self.check = ctx.postback.response_check().cloned();
                 match made {
                     Ok((out, parts)) => {
@@ -844,13 +873,13 @@ impl Delivery {
             .get(http::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| parse_retry_after(v, now));
-        let text = scrub_text(&body_prefix(body), &self.scrub.0);
+        let text = scrub_text(body_prefix(body), &self.scrub.0);
         self.settle(now, Some(status), text, failure, retry_after, policy)
     }
 
     fn handle_failure(&mut self, now: DateTime<Utc>, f: Failure, policy: &RetryPolicy) -> Progress {
         let text: String = f.detail().chars().take(BODY_PREFIX).collect();
-        let text = scrub_text(&text, &self.scrub.0);
+        let text = scrub_text(text, &self.scrub.0);
         self.settle(now, None, text, Some(f.class()), None, policy)
     }
 
@@ -869,6 +898,10 @@ impl Delivery {
         };
         let counted = failure.is_some_and(|f| f.counts());
         let number = (self.attempts.len() as u32).saturating_add(1);
+        // Most deliveries take one attempt: room for exactly one first, not the default four.
+        if self.attempts.is_empty() {
+            self.attempts.reserve_exact(1);
+        }
         self.attempts.push(Attempt {
             number,
             at: since,
@@ -1053,12 +1086,46 @@ pub fn check(
     values: &StoredValues,
     ctx: &SendContext<'_>,
 ) -> Result<(), RenderError> {
-    let (_, url, _) = render_url(key, values, ctx)?;
-    http::Uri::try_from(url.as_str()).map_err(|e| RequestError::InvalidUrl(e.to_string()))?;
+    check_rendered(key, values, ctx).map(|_| ())
+}
+
+/// [`check`], keeping what it made: the request's method, URL (parsed) and key text, which the
+/// delivery's first send can use instead of rendering and parsing them again.
+pub(crate) fn check_rendered(
+    key: &DeliveryKey,
+    values: &StoredValues,
+    ctx: &SendContext<'_>,
+) -> Result<Rendered, RenderError> {
+    let (method, url, key) = render_url(key, values, ctx)?;
+    let uri =
+        http::Uri::try_from(url.as_str()).map_err(|e| RequestError::InvalidUrl(e.to_string()))?;
     if let Some(h) = ctx.idempotency_header {
         http::HeaderName::try_from(h).map_err(|_| RequestError::InvalidHeader(h.to_owned()))?;
     }
-    Ok(())
+    Ok(Rendered {
+        method,
+        url,
+        uri,
+        key,
+    })
+}
+
+/// A delivery's request as [`check_rendered`] made it from the postback as it was then. Good
+/// for a send only while that postback is unchanged and the send context is the same: whoever
+/// holds one drops it when the registry changes. `Debug` never shows the URL (it may carry
+/// secrets).
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct Rendered {
+    method: HttpMethod,
+    url: String,
+    uri: http::Uri,
+    key: String,
+}
+
+impl fmt::Debug for Rendered {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Rendered(..)")
+    }
 }
 
 /// The method, the URL without its fragment, and the key as text.

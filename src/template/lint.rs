@@ -211,13 +211,16 @@ const SECRET_NAMES: [&str; 13] = [
     "session", "nonce",
 ];
 
-/// The first letters of [`SECRET_NAMES`], so most positions of a name are passed over with one
-/// table read.
-const SECRET_FIRST: [bool; 256] = {
-    let mut t = [false; 256];
+/// For each byte, the [`SECRET_NAMES`] that start with it in either case (bit `i` for name
+/// `i`), so most positions of a name are passed over with one table read and a match is tried
+/// only against the names it can be.
+const SECRET_BY_FIRST: [u16; 256] = {
+    let mut t = [0u16; 256];
     let mut i = 0;
     while i < SECRET_NAMES.len() {
-        t[SECRET_NAMES[i].as_bytes()[0] as usize] = true;
+        let first = SECRET_NAMES[i].as_bytes()[0];
+        t[first as usize] |= 1 << i;
+        t[first.to_ascii_uppercase() as usize] |= 1 << i;
         i += 1;
     }
     t
@@ -226,41 +229,54 @@ const SECRET_FIRST: [bool; 256] = {
 /// Whether a parameter name suggests a secret. The name is read percent-decoded, so `to%6Ben`
 /// is `token` too, and case-insensitively. It runs for every parameter of every send.
 fn is_secret_key(key: &str) -> bool {
-    let decoded: std::borrow::Cow<'_, [u8]> = if key.contains('%') {
-        percent_encoding::percent_decode_str(key)
-            .collect::<Vec<u8>>()
-            .into()
+    if key.bytes().any(|b| b == b'%') {
+        let decoded: Vec<u8> = percent_encoding::percent_decode_str(key).collect();
+        has_secret_name(&decoded)
     } else {
-        key.as_bytes().into()
-    };
-    let mut buf = [0u8; 64];
-    let lower: std::borrow::Cow<'_, [u8]> = if decoded.len() <= buf.len() {
-        let b = &mut buf[..decoded.len()];
-        b.copy_from_slice(&decoded);
-        b.make_ascii_lowercase();
-        std::borrow::Cow::Borrowed(&buf[..decoded.len()])
-    } else {
-        decoded.to_ascii_lowercase().into()
-    };
-    (0..lower.len()).any(|i| {
-        SECRET_FIRST[usize::from(lower[i])]
-            && SECRET_NAMES
-                .iter()
-                .any(|n| lower[i..].starts_with(n.as_bytes()))
+        has_secret_name(key.as_bytes())
+    }
+}
+
+/// Whether one of [`SECRET_NAMES`] occurs in `name`, ignoring ASCII case.
+fn has_secret_name(name: &[u8]) -> bool {
+    (0..name.len()).any(|i| {
+        let mut candidates = SECRET_BY_FIRST[usize::from(name[i])];
+        while candidates != 0 {
+            let n = SECRET_NAMES[candidates.trailing_zeros() as usize].as_bytes();
+            if name[i..].len() >= n.len() && name[i..i + n.len()].eq_ignore_ascii_case(n) {
+                return true;
+            }
+            candidates &= candidates - 1;
+        }
+        false
     })
 }
 
+/// The position of the first `b` in `s` at or after `from`, or `s.len()`: a plain loop, cheaper
+/// than a vectorised search over the few bytes of one parameter.
+fn next_byte(s: &str, from: usize, b: u8) -> usize {
+    s.as_bytes()[from..]
+        .iter()
+        .position(|&c| c == b)
+        .map_or(s.len(), |i| from + i)
+}
+
 /// `k=v&k=v` with the values of secret-looking names replaced by `***`, appended to `out`;
-/// each value replaced goes to `found`, if given.
+/// each value replaced goes to `found`, if given. The text between redactions is copied in one
+/// piece: most sends have no secret parameter at all.
 fn redact_pairs(out: &mut String, pairs: &str, mut found: Option<&mut Vec<String>>) {
-    for (i, pair) in pairs.split('&').enumerate() {
-        if i > 0 {
-            out.push('&');
-        }
-        match pair.split_once('=') {
-            Some((k, v)) if is_secret_key(k) && !v.is_empty() => {
-                out.push_str(k);
-                out.push_str("=***");
+    let mut copied = 0;
+    let mut start = 0;
+    while start <= pairs.len() {
+        let end = next_byte(pairs, start, b'&');
+        let eq = next_byte(&pairs[..end], start, b'=');
+        if eq + 1 < end {
+            let (k, v) = (&pairs[start..eq], &pairs[eq + 1..end]);
+            if is_secret_key(k) {
+                let value_start = eq + 1;
+                out.push_str(&pairs[copied..value_start]);
+                out.push_str("***");
+                copied = end;
                 if let Some(found) = found.as_deref_mut() {
                     let decoded = percent_encoding::percent_decode_str(v).decode_utf8_lossy();
                     if decoded != v {
@@ -269,9 +285,10 @@ fn redact_pairs(out: &mut String, pairs: &str, mut found: Option<&mut Vec<String
                     found.push(v.to_owned());
                 }
             }
-            _ => out.push_str(pair),
         }
+        start = end + 1;
     }
+    out.push_str(&pairs[copied..]);
 }
 
 /// The URL with the values of secret-looking parameters (`token`, `key`, `secret`, `hmac`,
@@ -306,7 +323,7 @@ fn redact_collecting(url: &str, mut found: Option<&mut Vec<String>>) -> String {
 /// replaced by `***`: for secrets that sit where no parameter name gives them away, such as
 /// Keitaro's postback key in the path.
 pub fn redact_url_with(url: &str, secrets: &[String]) -> String {
-    scrub(&redact_url(url), &literal_forms(secrets))
+    scrub(redact_url(url), &literal_forms(secrets))
 }
 
 /// Each secret as written and percent-encoded.
@@ -330,7 +347,7 @@ fn literal_forms(secrets: &[String]) -> Vec<String> {
 pub(crate) fn redact_for_record(url: &str, secrets: &[String]) -> (String, Vec<String>) {
     let literal = literal_forms(secrets);
     let mut parts = Vec::new();
-    let shown = scrub(&redact_collecting(url, Some(&mut parts)), &literal);
+    let shown = scrub(redact_collecting(url, Some(&mut parts)), &literal);
     parts.extend(literal);
     parts.sort_by_key(|p| std::cmp::Reverse(p.len()));
     parts.dedup();
@@ -339,8 +356,11 @@ pub(crate) fn redact_for_record(url: &str, secrets: &[String]) -> (String, Vec<S
 
 /// `text` with every occurrence of `parts` replaced by `***`, and every URL in it redacted
 /// ([`redact_url`]): for response bodies and transport error text, which may echo the request.
-pub(crate) fn scrub_text(text: &str, parts: &[String]) -> String {
+pub(crate) fn scrub_text(text: String, parts: &[String]) -> String {
     let mut out = scrub(text, parts);
+    if !may_hold_url(&out) {
+        return out;
+    }
     for scheme in ["https://", "http://"] {
         let mut from = 0;
         while let Some(i) = out[from..].find(scheme) {
@@ -356,15 +376,23 @@ pub(crate) fn scrub_text(text: &str, parts: &[String]) -> String {
     out
 }
 
+/// Whether `text` contains `http://` or `https://`, found by its `:` (a short body such as `OK`
+/// has none, and is passed over with one byte search).
+fn may_hold_url(text: &str) -> bool {
+    text.match_indices(':').any(|(i, _)| {
+        text[i..].starts_with("://")
+            && (text[..i].ends_with("http") || text[..i].ends_with("https"))
+    })
+}
+
 /// `text` with every occurrence of `parts` replaced by `***`.
-fn scrub(text: &str, parts: &[String]) -> String {
-    let mut out = text.to_owned();
+fn scrub(mut text: String, parts: &[String]) -> String {
     for part in parts.iter().filter(|p| !p.is_empty()) {
-        if out.contains(part.as_str()) {
-            out = out.replace(part.as_str(), "***");
+        if text.contains(part.as_str()) {
+            text = text.replace(part.as_str(), "***");
         }
     }
-    out
+    text
 }
 
 #[cfg(test)]
@@ -400,15 +428,98 @@ mod tests {
         let (shown, parts) = redact_for_record(url, &["K3Y".to_owned()]);
         assert_eq!(shown, "https://x.com/***/pb?cid=1&token=***");
         let text = format!("error sending request for url ({url}): connection refused; s3cr et");
-        let clean = scrub_text(&text, &parts);
+        let clean = scrub_text(text, &parts);
         assert_eq!(
             clean,
             "error sending request for url (https://x.com/***/pb?cid=1&token=***): connection refused; ***"
         );
         // Another URL the text quotes is redacted by parameter name.
         assert_eq!(
-            scrub_text("redirect to http://y.com/?auth=abc&q=1 refused", &[]),
+            scrub_text(
+                "redirect to http://y.com/?auth=abc&q=1 refused".to_owned(),
+                &[]
+            ),
             "redirect to http://y.com/?auth=***&q=1 refused"
+        );
+    }
+
+    /// The redaction as first written, one pair at a time: the oracle for the faster one.
+    fn redact_pairs_oracle(pairs: &str) -> (String, Vec<String>) {
+        let (mut out, mut found) = (String::new(), Vec::new());
+        for (i, pair) in pairs.split('&').enumerate() {
+            if i > 0 {
+                out.push('&');
+            }
+            match pair.split_once('=') {
+                Some((k, v)) if is_secret_key(k) && !v.is_empty() => {
+                    out.push_str(k);
+                    out.push_str("=***");
+                    let decoded = percent_encoding::percent_decode_str(v).decode_utf8_lossy();
+                    if decoded != v {
+                        found.push(decoded.into_owned());
+                    }
+                    found.push(v.to_owned());
+                }
+                _ => out.push_str(pair),
+            }
+        }
+        (out, found)
+    }
+
+    #[test]
+    fn secret_names_are_found_in_any_case_anywhere_in_the_name() {
+        for name in [
+            "token",
+            "X_TOKEN",
+            "apiKey",
+            "Sig",
+            "to%6Ben",
+            "%54oken",
+            "my_session_id",
+        ] {
+            assert!(is_secret_key(name), "{name}");
+        }
+        for name in [
+            "cid", "payout", "currency", "txid", "", "tok", "%zz", "t%6F",
+        ] {
+            assert!(!is_secret_key(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn pairs_are_redacted_as_one_pair_at_a_time_would() {
+        for pairs in [
+            "",
+            "&",
+            "&&",
+            "cid=1",
+            "token=abc",
+            "token=",
+            "token",
+            "=x",
+            "cid=1&token=a%20b&api_key=z&k=v",
+            "token=a=b&x=1&",
+            "&token=1&&sig=2&",
+            "a=1&b=2&c=3",
+            "session=s&nonce=n&pass=p&cid=é&hmac=h",
+        ] {
+            let mut out = String::new();
+            let mut found = Vec::new();
+            redact_pairs(&mut out, pairs, Some(&mut found));
+            assert_eq!((out, found), redact_pairs_oracle(pairs), "{pairs}");
+        }
+    }
+
+    #[test]
+    fn text_without_a_url_is_left_as_it_is_and_text_with_one_is_redacted() {
+        assert_eq!(scrub_text("OK".to_owned(), &[]), "OK");
+        assert_eq!(scrub_text("a: b http:/x".to_owned(), &[]), "a: b http:/x");
+        assert_eq!(
+            scrub_text(
+                "see https://y.com/?token=1 and http://z.com/?sig=2".to_owned(),
+                &[]
+            ),
+            "see https://y.com/?token=*** and http://z.com/?sig=***"
         );
     }
 

@@ -334,6 +334,8 @@ pub struct Template {
     lints: Box<[Lint]>,
     /// Literal secrets of the source (set by the postback that owns it), redacted from `Debug`.
     secrets: Box<[String]>,
+    /// The length of [`Template::origin`], found once: every send looks its host up.
+    origin_len: usize,
 }
 
 impl fmt::Debug for Template {
@@ -493,6 +495,7 @@ impl Template {
             custom: custom.into_boxed_slice(),
             lints: Box::default(),
             secrets: Box::default(),
+            origin_len: 0,
         };
         let name_of = |m: Macro| t.name_in(m, catalog).into_owned();
         let (mut lits, segs) = match context {
@@ -502,6 +505,7 @@ impl Template {
         lits.push_str(PAD);
         t.lits = lits.into_boxed_str();
         t.segs = segs.into_boxed_slice();
+        t.origin_len = t.find_origin().len();
         if context == Context::Url {
             t.check_sample_url()?;
             if t.is_plain_http() {
@@ -589,6 +593,10 @@ impl Template {
     /// `scheme://host[:port]` of a URL template (always literal: macros in the authority are
     /// refused); empty for HTML code.
     pub fn origin(&self) -> &str {
+        &self.text()[..self.origin_len]
+    }
+
+    fn find_origin(&self) -> &str {
         let text = self.text();
         match (self.context, text.find("://")) {
             (Context::Url, Some(i)) => {

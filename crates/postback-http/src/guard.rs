@@ -53,20 +53,60 @@ pub(crate) fn precheck(policy: &NetPolicy, uri: &http::Uri) -> Result<Target, Fa
     // spelling of an address (`2130706433`, `0x7f.1`, `127.1`, `[::ffff:7f00:1]`, a trailing
     // dot) is judged as the address it is.
     if !is_plain_name(host) {
-        let checked = match Host::parse(host) {
-            Ok(Host::Ipv4(a)) => policy.check_ip(a.into()),
-            Ok(Host::Ipv6(a)) => policy.check_ip(a.into()),
-            Ok(Host::Domain(_)) => Ok(()), // a name after all: the resolver's turn
-            Err(_) => {
-                return Err(Failure::Local(
-                    "the request's URL has a host that is not valid".to_owned(),
-                ));
-            }
+        let checked = match literal_ip(host) {
+            // A strict dotted quad or a bracketed IPv6 address: what the URL standard reads it as,
+            // without its host parser (which runs IDNA first).
+            Some(ip) => policy.check_ip(ip),
+            None => match Host::parse(host) {
+                Ok(Host::Ipv4(a)) => policy.check_ip(a.into()),
+                Ok(Host::Ipv6(a)) => policy.check_ip(a.into()),
+                Ok(Host::Domain(_)) => Ok(()), // a name after all: the resolver's turn
+                Err(_) => {
+                    return Err(Failure::Local(
+                        "the request's URL has a host that is not valid".to_owned(),
+                    ));
+                }
+            },
         };
         checked.map_err(|e| forbidden(&e))?;
     }
-    let key = format!("{scheme}://{}:{port}", host.to_ascii_lowercase());
-    Ok(Target { key })
+    Ok(Target {
+        key: host_key(scheme, host, port),
+    })
+}
+
+/// `scheme://host:port` with the host lower-cased, built in one allocation (it runs on every
+/// send).
+fn host_key(scheme: &str, host: &str, port: u16) -> String {
+    let mut key = String::with_capacity(scheme.len() + host.len() + 9);
+    key.push_str(scheme);
+    key.push_str("://");
+    key.extend(host.chars().map(|c| c.to_ascii_lowercase()));
+    key.push(':');
+    let mut digits = [0u8; 5];
+    let mut n = port;
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    key.extend(digits[i..].iter().map(|&d| char::from(d)));
+    key
+}
+
+/// The address of a host written the one way every parser agrees on: a dotted quad of decimal
+/// numbers without leading zeros (the standard library refuses any other IPv4 spelling), or an
+/// IPv6 address in brackets. Anything else (`0x7f.1`, `2130706433`, a trailing dot) is `None`,
+/// for the URL standard's parser to judge.
+fn literal_ip(host: &str) -> Option<std::net::IpAddr> {
+    match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().ok().map(Into::into),
+        None => host.parse::<std::net::Ipv4Addr>().ok().map(Into::into),
+    }
 }
 
 /// Whether `host` is a host name as written (ASCII letters, digits, `-` and `.`) whose last
@@ -201,6 +241,44 @@ mod tests {
         }
         assert!(precheck(&policy, &uri("http://93.184.215.14/pb")).is_ok());
         assert!(precheck(&policy, &uri("http://t.example/pb")).is_ok());
+    }
+
+    #[test]
+    fn the_fast_literal_reading_agrees_with_the_url_standard() {
+        for host in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "93.184.215.14",
+            "[::1]",
+            "[::ffff:127.0.0.1]",
+            "[2001:db8::8a2e:370:7334]",
+        ] {
+            let fast = literal_ip(host).unwrap();
+            let standard = match Host::parse(host).unwrap() {
+                Host::Ipv4(a) => std::net::IpAddr::from(a),
+                Host::Ipv6(a) => std::net::IpAddr::from(a),
+                Host::Domain(d) => panic!("{host} read as the name {d}"),
+            };
+            assert_eq!(fast, standard, "{host}");
+        }
+        for host in [
+            "0177.0.0.1",
+            "0x7f.1",
+            "127.1",
+            "2130706433",
+            "127.0.0.1.",
+            "t.example",
+        ] {
+            assert_eq!(literal_ip(host), None, "{host}");
+        }
+    }
+
+    #[test]
+    fn the_host_key_is_scheme_lower_cased_host_and_port() {
+        assert_eq!(host_key("http", "T.Example", 8080), "http://t.example:8080");
+        assert_eq!(host_key("https", "[::1]", 443), "https://[::1]:443");
+        assert_eq!(host_key("http", "a", 0), "http://a:0");
+        assert_eq!(host_key("http", "a", 65535), "http://a:65535");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 #![allow(dead_code)] // each half is used by one transport
 
 use std::collections::HashMap;
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use postback::delivery::Failure;
@@ -29,17 +29,20 @@ pub(crate) struct BlockingSlots {
     freed: Condvar,
 }
 
-/// Requests in flight per host, and how many threads wait for a slot.
+/// Requests in flight per host, and how many threads wait for a slot. The map holds one small
+/// entry per host ever sent to (partner hosts, a bounded set), kept at zero so that a send to a
+/// known host allocates nothing.
 #[derive(Debug, Default)]
 struct Busy {
-    hosts: HashMap<String, usize>,
+    /// Per host: its key, shared with the slots held, and the requests in flight.
+    hosts: HashMap<Box<str>, (Arc<str>, usize)>,
     waiting: usize,
 }
 
 /// A held slot; freed on drop.
 pub(crate) struct BlockingSlot<'a> {
     slots: &'a BlockingSlots,
-    key: String,
+    key: Arc<str>,
 }
 
 impl BlockingSlots {
@@ -52,9 +55,17 @@ impl BlockingSlots {
     }
 
     /// Take a slot for `key`, waiting up to `wait` for one.
-    pub(crate) fn acquire(&self, key: String, wait: Duration) -> Result<BlockingSlot<'_>, Failure> {
-        let full = |b: &mut Busy| b.hosts.get(&key).is_some_and(|n| *n >= self.max);
+    pub(crate) fn acquire(&self, key: &str, wait: Duration) -> Result<BlockingSlot<'_>, Failure> {
         let mut state = lock(&self.state);
+        // A known host with a slot free: one look-up.
+        if let Some((k, n)) = state.hosts.get_mut(key) {
+            if *n < self.max {
+                *n += 1;
+                let key = Arc::clone(k);
+                return Ok(BlockingSlot { slots: self, key });
+            }
+        }
+        let full = |b: &mut Busy| b.hosts.get(key).is_some_and(|(_, n)| *n >= self.max);
         if full(&mut state) {
             state.waiting += 1;
             state = self
@@ -64,10 +75,15 @@ impl BlockingSlots {
                 .0;
             state.waiting -= 1;
             if full(&mut state) {
-                return Err(no_slot(&key, self.max, wait));
+                return Err(no_slot(key, self.max, wait));
             }
         }
-        *state.hosts.entry(key.clone()).or_insert(0) += 1;
+        let (k, n) = state
+            .hosts
+            .entry(key.into())
+            .or_insert_with(|| (key.into(), 0));
+        *n += 1;
+        let key = Arc::clone(k);
         Ok(BlockingSlot { slots: self, key })
     }
 }
@@ -75,11 +91,8 @@ impl BlockingSlots {
 impl Drop for BlockingSlot<'_> {
     fn drop(&mut self) {
         let mut state = lock(&self.slots.state);
-        if let Some(n) = state.hosts.get_mut(&self.key) {
-            *n -= 1;
-            if *n == 0 {
-                state.hosts.remove(&self.key);
-            }
+        if let Some((_, n)) = state.hosts.get_mut(&*self.key) {
+            *n = n.saturating_sub(1);
         }
         let waiting = state.waiting > 0;
         drop(state);
@@ -94,7 +107,7 @@ impl Drop for BlockingSlot<'_> {
 #[derive(Debug)]
 pub(crate) struct AsyncSlots {
     max: usize,
-    hosts: Mutex<HashMap<String, std::sync::Arc<tokio::sync::Semaphore>>>,
+    hosts: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
 }
 
 #[cfg(feature = "reqwest")]
@@ -115,11 +128,25 @@ impl AsyncSlots {
         let semaphore = {
             let mut hosts = lock(&self.hosts);
             // The map holds one small entry per host ever sent to: partner hosts, a bounded set.
-            std::sync::Arc::clone(
-                hosts
-                    .entry(key.to_owned())
-                    .or_insert_with(|| std::sync::Arc::new(tokio::sync::Semaphore::new(self.max))),
-            )
+            // A known host's is found without allocating its key.
+            match hosts.get(key) {
+                Some(s) => Arc::clone(s),
+                None => Arc::clone(
+                    hosts
+                        .entry(key.to_owned())
+                        .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.max))),
+                ),
+            }
+        };
+        // A free slot is taken at once, without arming a timer.
+        let semaphore = match Arc::clone(&semaphore).try_acquire_owned() {
+            Ok(permit) => return Ok(permit),
+            Err(tokio::sync::TryAcquireError::Closed) => {
+                return Err(Failure::Local(format!(
+                    "the connection slots for {key} were closed"
+                )));
+            }
+            Err(tokio::sync::TryAcquireError::NoPermits) => semaphore,
         };
         match tokio::time::timeout(wait, semaphore.acquire_owned()).await {
             Ok(Ok(permit)) => Ok(permit),
@@ -138,13 +165,12 @@ mod tests {
     #[test]
     fn a_host_with_every_slot_taken_is_refused_as_our_own_error_and_others_are_not_held_up() {
         let slots = BlockingSlots::new(2);
-        let key = |k: &str| k.to_owned();
-        let a = slots.acquire(key("http://a:80"), Duration::ZERO).unwrap();
-        let _b = slots.acquire(key("http://a:80"), Duration::ZERO).unwrap();
-        let third = slots.acquire(key("http://a:80"), Duration::ZERO);
+        let a = slots.acquire("http://a:80", Duration::ZERO).unwrap();
+        let _b = slots.acquire("http://a:80", Duration::ZERO).unwrap();
+        let third = slots.acquire("http://a:80", Duration::ZERO);
         assert!(matches!(third, Err(Failure::Local(_))));
-        assert!(slots.acquire(key("http://b:80"), Duration::ZERO).is_ok());
+        assert!(slots.acquire("http://b:80", Duration::ZERO).is_ok());
         drop(a);
-        assert!(slots.acquire(key("http://a:80"), Duration::ZERO).is_ok());
+        assert!(slots.acquire("http://a:80", Duration::ZERO).is_ok());
     }
 }

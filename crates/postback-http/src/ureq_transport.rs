@@ -101,12 +101,25 @@ impl Transport for UreqTransport {
     fn send(&self, request: Request<Vec<u8>>) -> Result<Response<Vec<u8>>, Failure> {
         let uri = request.uri().clone();
         let target = precheck(&self.policy, &uri)?;
-        let _slot = self.slots.acquire(target.key, self.config.timeout)?;
-        let (parts, body) = self
-            .agent
-            .run(request)
-            .map_err(|e| classify(&e, &uri))?
-            .into_parts();
+        let _slot = self.slots.acquire(&target.key, self.config.timeout)?;
+        let (head, body) = request.into_parts();
+        // A GET (or HEAD, DELETE, OPTIONS) without a body goes out as one, with no
+        // `Content-Length: 0` (ureq adds it for any body it is given, empty or not); a method
+        // that carries a body keeps it, empty or not.
+        let bodiless = body.is_empty()
+            && matches!(
+                head.method,
+                http::Method::GET
+                    | http::Method::HEAD
+                    | http::Method::DELETE
+                    | http::Method::OPTIONS
+            );
+        let sent = if bodiless {
+            self.agent.run(Request::from_parts(head, ()))
+        } else {
+            self.agent.run(Request::from_parts(head, body))
+        };
+        let (parts, body) = sent.map_err(|e| classify(&e, &uri))?.into_parts();
         let mut bytes = Vec::new();
         let limit = u64::try_from(self.config.body_limit).unwrap_or(u64::MAX);
         body.into_reader()
