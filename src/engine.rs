@@ -1208,7 +1208,7 @@ impl Engine {
     }
 
     /// Delete a postback on behalf of `actor`; its unfinished deliveries end with
-    /// [`GiveUpReason::PostbackDeleted`] (reported, not silently dropped).
+    /// [`GiveUpReason::PostbackDeleted`](crate::delivery::GiveUpReason::PostbackDeleted) (reported, not silently dropped).
     pub fn delete(
         &mut self,
         now: DateTime<Utc>,

@@ -5,6 +5,7 @@
 //! The hand-written glue the issue quotes (an axum service persisting to SQLite by hand) did
 //! about 2,400 conversions per second on this kind of machine.
 #![allow(missing_docs)]
+#![allow(clippy::disallowed_methods)] // a benchmark reads the clock
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

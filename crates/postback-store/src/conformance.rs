@@ -857,10 +857,16 @@ pub fn a_batch_of_triggers_is_stored_as_one_by_one<H: Harness>(h: &mut H) {
     let (va, vb) = (values("a"), values("b"));
     let batch: Vec<(Trigger, &dyn postback::template::MacroValues)> =
         vec![(a, &va), (b, &vb), (a, &va)];
-    let out = ok(s.triggers_enqueue(t0(), &batch, &Rules::default()), "a batch");
+    let out = ok(
+        s.triggers_enqueue(t0(), &batch, &Rules::default()),
+        "a batch",
+    );
     assert_eq!(out.len(), 3);
     assert_eq!((out[0].created.len(), out[1].created.len()), (1, 1));
-    assert!(out[2].created.is_empty(), "the repeat in the batch creates nothing");
+    assert!(
+        out[2].created.is_empty(),
+        "the repeat in the batch creates nothing"
+    );
     assert_eq!(out[2].duplicates, out[0].created);
     let s = h.reopen(s);
     assert_eq!(ok(s.deliveries_count(), "counts").pending, 2);

@@ -290,7 +290,13 @@ pub struct Counts {
     pub leased: u64,
 }
 
-/// Where deliveries live. See the [module docs](self).
+/// Where deliveries, postbacks, health, attempts, the audit trail and the manager's
+/// notifications live, and the transactions over them. Methods are named noun then verb; every
+/// one that changes or reads time-dependent state takes `now`, never a database's clock. The
+/// rules are the core's ([`plan_trigger`](postback::plan::plan_trigger),
+/// [`settle`](postback::delivery::settle), [`on_operation`](postback::delivery::on_operation),
+/// the [`Gatekeeper`](postback::access::Gatekeeper)): a store applies them inside its
+/// transactions and writes what they return.
 ///
 /// Implementations: [`MemoryStore`](crate::MemoryStore) (the reference),
 /// [`SqliteStore`](crate::SqliteStore) (feature `sqlite`, the default). All pass
