@@ -18,6 +18,8 @@ mod clock;
 pub mod conformance;
 mod handle;
 mod memory;
+#[cfg(feature = "postgres")]
+mod pg;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 mod store;
@@ -27,6 +29,8 @@ pub use apply::{record_interruptions, send_context};
 pub use clock::{Clock, ManualClock, Sleep, SystemClock};
 pub use handle::{Stats, TestFire, WorkerError, WorkerHandle};
 pub use memory::MemoryStore;
+#[cfg(feature = "postgres")]
+pub use pg::{PostgresStore, PostgresStoreBuilder};
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
 pub use store::{
