@@ -2,8 +2,8 @@
 //! for `postback_store_wake` notifications naming the store's schema and passes each on to a
 //! [`Notify`] the [`Worker`](crate::Worker) waits on besides its poll interval.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use postgres::Config;
@@ -12,6 +12,8 @@ use tokio::sync::Notify;
 
 /// How often the listening thread looks whether its store is gone.
 const TICK: Duration = Duration::from_millis(500);
+/// How long starting it waits for its first LISTEN.
+const FIRST_LISTEN: Duration = Duration::from_secs(10);
 /// How long it waits before connecting again after losing its connection.
 const RECONNECT: Duration = Duration::from_secs(1);
 
@@ -28,12 +30,18 @@ impl Listener {
         let stop = Arc::new(AtomicBool::new(false));
         let (config, schema) = (config.clone(), schema.map(str::to_owned));
         let (n, s) = (Arc::clone(&notify), Arc::clone(&stop));
+        let (ready, listening) = mpsc::channel();
         let spawned = std::thread::Builder::new()
             .name("postback-store-listen".to_owned())
-            .spawn(move || run(&config, schema.as_deref(), &n, &s));
-        if spawned.is_err() {
+            .spawn(move || run(&config, schema.as_deref(), &n, &s, &ready));
+        match spawned {
+            // Back once the first LISTEN is in place (or the first connection failed), so a
+            // change committed after this returns wakes the listener.
+            Ok(_) => {
+                let _ = listening.recv_timeout(FIRST_LISTEN);
+            }
             // No thread: the Worker's poll interval still finds the work.
-            stop.store(true, Ordering::Relaxed);
+            Err(_) => stop.store(true, Ordering::Relaxed),
         }
         Listener { notify, stop }
     }
@@ -54,11 +62,18 @@ impl Drop for Listener {
     clippy::disallowed_methods,
     reason = "the store's own listening thread, not the core: it pauses before reconnecting"
 )]
-fn run(config: &Config, schema: Option<&str>, notify: &Notify, stop: &AtomicBool) {
+fn run(
+    config: &Config,
+    schema: Option<&str>,
+    notify: &Notify,
+    stop: &AtomicBool,
+    ready: &mpsc::Sender<()>,
+) {
     while !stop.load(Ordering::Relaxed) {
         // Any error: connect again after a pause (the poll interval covers the gap). A wake-up
         // after reconnecting covers what was missed while disconnected.
-        if listen(config, schema, notify, stop).is_err() {
+        if listen(config, schema, notify, stop, ready).is_err() {
+            let _ = ready.send(());
             notify.notify_one();
             std::thread::sleep(RECONNECT);
         }
@@ -70,6 +85,7 @@ fn listen(
     schema: Option<&str>,
     notify: &Notify,
     stop: &AtomicBool,
+    ready: &mpsc::Sender<()>,
 ) -> Result<(), crate::StoreError> {
     let mut client = super::connect(config, schema)?;
     let db = super::db;
@@ -80,6 +96,7 @@ fn listen(
     client
         .batch_execute("LISTEN postback_store_wake")
         .map_err(db)?;
+    let _ = ready.send(());
     while !stop.load(Ordering::Relaxed) {
         let mut n = client.notifications();
         let mut due = n.timeout_iter(TICK);
