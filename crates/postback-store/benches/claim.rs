@@ -4,6 +4,7 @@
 //! claims it and completes it as delivered (timed). Bytes per pending delivery on disk are
 //! printed for the SQLite store.
 #![allow(missing_docs)]
+#![allow(clippy::disallowed_methods)] // a benchmark reads the clock
 
 use std::time::{Duration, Instant};
 

@@ -290,10 +290,12 @@ pub struct Counts {
     pub leased: u64,
 }
 
-/// Where deliveries live. See the [module docs](self).
+/// Where deliveries live: every method that changes or reads time-dependent state takes `now`,
+/// never a database's clock.
 ///
 /// Implementations: [`MemoryStore`](crate::MemoryStore) (the reference),
-/// [`SqliteStore`](crate::SqliteStore) (feature `sqlite`, the default). All pass
+/// [`SqliteStore`](crate::SqliteStore) (feature `sqlite`, the default), `PostgresStore`
+/// (feature `postgres`: many processes over one database). All pass
 /// [`conformance::run_all`](crate::conformance::run_all). Calls block; the
 /// [`Worker`](crate::Worker) runs them on tokio's blocking threads.
 pub trait Store: Send + Sync + 'static {

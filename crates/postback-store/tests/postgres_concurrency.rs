@@ -3,6 +3,10 @@
 //! many fail at once, results of a disabled postback held, changes seen across stores, wake-ups
 //! over LISTEN/NOTIFY, and a schema newer than the build refused.
 #![cfg(feature = "postgres")]
+#![allow(
+    clippy::disallowed_methods,
+    reason = "the tests run stores on threads of their own"
+)]
 
 mod support;
 
