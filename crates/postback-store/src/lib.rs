@@ -31,6 +31,10 @@ pub use handle::{Stats, TestFire, WorkerError, WorkerHandle};
 pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
 pub use pg::{PostgresStore, PostgresStoreBuilder};
+/// The blocking PostgreSQL client the [`PostgresStore`] is built on, for
+/// [`PostgresStore::trigger_enqueue_in`] (the caller's own transaction).
+#[cfg(feature = "postgres")]
+pub use postgres;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
 pub use store::{

@@ -369,3 +369,52 @@ fn a_schema_newer_than_the_build_is_refused_and_left_alone() {
     assert_eq!(v, 99, "left as it was");
     support::drop_schemas(&url, &[schema]);
 }
+
+#[test]
+fn a_trigger_stored_in_the_callers_transaction_commits_or_rolls_back_with_it() {
+    let Some(url) = support::url("a_trigger_stored_in_the_callers_transaction") else {
+        return;
+    };
+    let (schema, stores) = stores(&url, 1);
+    let s = &stores[0];
+    let mut client = ok(postgres::Client::connect(&url, postgres::NoTls), "connect");
+    ok(
+        client.batch_execute("CREATE TEMP TABLE conversions (id BIGINT PRIMARY KEY)"),
+        "the caller's table",
+    );
+    let values = ValueMap::new().with(Macro::SUB1, "click-1");
+    for (id, commit) in [(1_u64, false), (2, true)] {
+        let mut tx = ok(client.transaction(), "the caller's transaction");
+        let n = i64::try_from(id).unwrap_or_default();
+        ok(
+            tx.execute("INSERT INTO conversions (id) VALUES ($1)", &[&n]),
+            "the conversion",
+        );
+        let t = Trigger::conversion(id, PARTNER, OfferId::new(42));
+        let e = ok(
+            s.trigger_enqueue_in(&mut tx, t0(), &t, &values, &Rules::default()),
+            "enqueue in the caller's transaction",
+        );
+        assert_eq!(e.created.len(), 1);
+        let path: String = ok(tx.query_one("SHOW search_path", &[]), "search path").get(0);
+        assert!(
+            !path.contains(&schema),
+            "the caller's search path is back: {path}"
+        );
+        if commit {
+            ok(tx.commit(), "commit");
+        } else {
+            ok(tx.rollback(), "rollback");
+        }
+    }
+    let counts = ok(s.deliveries_count(), "counts");
+    assert_eq!(
+        counts.pending, 1,
+        "the rolled-back conversion left no delivery"
+    );
+    let kept = ok(s.deliveries_of(PB, Filter::All, 10), "deliveries");
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].key().trigger().as_str(), "2");
+    drop(stores);
+    support::drop_schemas(&url, &[schema]);
+}

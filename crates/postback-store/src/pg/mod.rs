@@ -447,6 +447,93 @@ impl PostgresStore {
         })
     }
 
+    /// Store a trigger inside the caller's own transaction, so a conversion and its postbacks
+    /// commit or roll back together: as [`Store::trigger_enqueue`], in a savepoint of `tx` (run
+    /// again from the savepoint if it loses a race for a key), with the store's schema as the
+    /// search path until it returns. The transaction must be on the store's database; its
+    /// workers are woken when it commits. Nothing is stored if the caller rolls back.
+    pub fn trigger_enqueue_in(
+        &self,
+        tx: &mut postgres::Transaction<'_>,
+        now: DateTime<Utc>,
+        trigger: &Trigger,
+        values: &dyn MacroValues,
+        rules: &Rules,
+    ) -> Result<Enqueued, StoreError> {
+        // Statements prepared on the caller's connection live as long as this call.
+        let mut statements = HashMap::new();
+        let mut tries = 0;
+        loop {
+            let run = (|| {
+                let mut t = Tx {
+                    tx: tx.transaction()?,
+                    statements: &mut statements,
+                };
+                let path = match &self.pool.schema {
+                    Some(schema) => {
+                        let old: String =
+                            t.tx.query_one("SELECT current_setting('search_path')", &[])?
+                                .try_get(0)?;
+                        let ours = schema::ident(schema);
+                        t.tx.execute("SELECT set_config('search_path', $1, true)", &[&ours])?;
+                        Some(old)
+                    }
+                    None => None,
+                };
+                let out = self.enqueue_in(&mut t, now, trigger, values, rules)?;
+                if let Some(old) = path {
+                    t.tx.execute("SELECT set_config('search_path', $1, true)", &[&old])?;
+                }
+                t.tx.commit()?;
+                Ok::<_, Fail>(out)
+            })();
+            match run {
+                Ok(out) => return Ok(out),
+                // The savepoint rolled back (the search path with it): run it again.
+                Err(e) if e.retryable() && tries < RETRIES => tries += 1,
+                Err(e) => return Err(e.into_store()),
+            }
+        }
+    }
+
+    /// A trigger's plan against the stored postbacks, its deliveries inserted by key, in `tx`.
+    fn enqueue_in(
+        &self,
+        tx: &mut Tx<'_>,
+        now: DateTime<Utc>,
+        trigger: &Trigger,
+        values: &dyn MacroValues,
+        rules: &Rules,
+    ) -> Result<Enqueued, Fail> {
+        let exists = q(DELIVERIES, "exists")?;
+        let registry = self.registry_in(tx, false)?;
+        let cell = RefCell::new(&mut *tx);
+        let (out, new) = apply::enqueue(
+            &registry,
+            now,
+            trigger,
+            values,
+            rules,
+            |k| {
+                let found = cell
+                    .borrow_mut()
+                    .query_opt(exists, &[&k.to_text()])
+                    .map_err(Fail::into_store)?;
+                Ok(found.is_some())
+            },
+            || next_delivery_id(&mut cell.borrow_mut()).map_err(Fail::into_store),
+        )?;
+        // A key inserted meanwhile by another process fails the insert with a unique
+        // violation: the transaction runs again and finds it a duplicate.
+        for d in &new {
+            insert_delivery(tx, d)?;
+        }
+        if !out.created.is_empty() {
+            wake(tx)?;
+        }
+        Ok(out)
+    }
+
     /// Run `f` in a transaction on a pooled connection, again from the start if PostgreSQL
     /// aborted it for a reason that can pass; cache the registry it returns once committed.
     fn transaction<T>(
@@ -912,35 +999,7 @@ impl Store for PostgresStore {
         values: &dyn MacroValues,
         rules: &Rules,
     ) -> Result<Enqueued, StoreError> {
-        let exists = q(DELIVERIES, "exists")?;
-        self.transaction(|tx| {
-            let registry = self.registry_in(tx, false)?;
-            let cell = RefCell::new(&mut *tx);
-            let (out, new) = apply::enqueue(
-                &registry,
-                now,
-                trigger,
-                values,
-                rules,
-                |k| {
-                    let found = cell
-                        .borrow_mut()
-                        .query_opt(exists, &[&k.to_text()])
-                        .map_err(Fail::into_store)?;
-                    Ok(found.is_some())
-                },
-                || next_delivery_id(&mut cell.borrow_mut()).map_err(Fail::into_store),
-            )?;
-            // A key inserted meanwhile by another process fails the insert with a unique
-            // violation: the transaction runs again and finds it a duplicate.
-            for d in &new {
-                insert_delivery(tx, d)?;
-            }
-            if !out.created.is_empty() {
-                wake(tx)?;
-            }
-            Ok((out, None))
-        })
+        self.transaction(|tx| Ok((self.enqueue_in(tx, now, trigger, values, rules)?, None)))
     }
 
     fn test_fire_enqueue(
