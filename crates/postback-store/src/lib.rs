@@ -18,6 +18,8 @@ mod clock;
 pub mod conformance;
 mod handle;
 mod memory;
+#[cfg(feature = "postgres")]
+mod pg;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 mod store;
@@ -27,6 +29,12 @@ pub use apply::{record_interruptions, send_context};
 pub use clock::{Clock, ManualClock, Sleep, SystemClock};
 pub use handle::{Stats, TestFire, WorkerError, WorkerHandle};
 pub use memory::MemoryStore;
+#[cfg(feature = "postgres")]
+pub use pg::{PostgresStore, PostgresStoreBuilder};
+/// The blocking PostgreSQL client the [`PostgresStore`] is built on, for
+/// [`PostgresStore::trigger_enqueue_in`] (the caller's own transaction).
+#[cfg(feature = "postgres")]
+pub use postgres;
 #[cfg(feature = "sqlite")]
 pub use sqlite::{Durability, SqliteStore};
 pub use store::{

@@ -299,7 +299,8 @@ pub struct Counts {
 /// transactions and writes what they return.
 ///
 /// Implementations: [`MemoryStore`](crate::MemoryStore) (the reference),
-/// [`SqliteStore`](crate::SqliteStore) (feature `sqlite`, the default). All pass
+/// [`SqliteStore`](crate::SqliteStore) (feature `sqlite`, the default), `PostgresStore`
+/// (feature `postgres`: many processes over one database). All pass
 /// [`conformance::run_all`](crate::conformance::run_all). Calls block; the
 /// [`Worker`](crate::Worker) runs them on tokio's blocking threads.
 pub trait Store: Send + Sync + 'static {
@@ -452,4 +453,12 @@ pub trait Store: Send + Sync + 'static {
     /// forgotten with them: a trigger seen again after that creates them anew). Returns how
     /// many.
     fn deliveries_prune(&self, before: DateTime<Utc>) -> Result<usize, StoreError>;
+
+    /// A wake-up from outside this process, if the store has one: notified when a transaction
+    /// of any process made deliveries due now (PostgreSQL: LISTEN/NOTIFY). The
+    /// [`Worker`](crate::Worker) waits on it besides its handles' wake-ups and its poll
+    /// interval. Default: none (the poll interval finds what other processes queued).
+    fn wake_source(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        None
+    }
 }

@@ -369,6 +369,11 @@ impl<T: AsyncTransport + Send + Sync + 'static> Driver<T> {
         let _guard = StopGuard(Arc::clone(&shared));
         let mut shutdown = shared.shutdown.subscribe();
         let poll = shared.config.poll_every();
+        // Wake-ups from other processes (PostgreSQL: LISTEN/NOTIFY), if the store has them.
+        let store_wake = blocking(&shared.store, |s| Ok(s.wake_source()))
+            .await
+            .ok()
+            .flatten();
         let grace = loop {
             if let Some(grace) = *shutdown.borrow_and_update() {
                 break grace;
@@ -410,6 +415,12 @@ impl<T: AsyncTransport + Send + Sync + 'static> Driver<T> {
                     self.finished(done).await;
                 }
                 _ = shared.wake.notified() => {}
+                _ = async {
+                    match &store_wake {
+                        Some(n) => n.notified().await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
                 _ = due => {}
                 _ = tokio::time::sleep(poll) => self.check_notifications = true,
             }

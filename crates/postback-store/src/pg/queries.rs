@@ -1,0 +1,71 @@
+//! The SQL of the store, in `sql/<table>.sql` files of named sections (`-- name: claim`),
+//! embedded at build time.
+
+use crate::store::StoreError;
+
+/// Statements over `registry_meta` and the sequences.
+pub(super) const META: &str = include_str!("sql/meta.sql");
+/// Statements over `deliveries`.
+pub(super) const DELIVERIES: &str = include_str!("sql/deliveries.sql");
+/// Statements over `attempts`.
+pub(super) const ATTEMPTS: &str = include_str!("sql/attempts.sql");
+/// Statements over `postbacks`.
+pub(super) const POSTBACKS: &str = include_str!("sql/postbacks.sql");
+/// Statements over `health` (and the postback's lock).
+pub(super) const HEALTH: &str = include_str!("sql/health.sql");
+/// Statements over `audit`.
+pub(super) const AUDIT: &str = include_str!("sql/audit.sql");
+/// Statements over `notifications`.
+pub(super) const NOTIFICATIONS: &str = include_str!("sql/notifications.sql");
+
+/// Every file, for the test that prepares each statement.
+#[cfg_attr(not(test), allow(dead_code))]
+pub(super) const FILES: [&str; 7] = [
+    META,
+    DELIVERIES,
+    ATTEMPTS,
+    POSTBACKS,
+    HEALTH,
+    AUDIT,
+    NOTIFICATIONS,
+];
+
+const MARKER: &str = "-- name: ";
+
+/// The sections of a file: (name, statement).
+pub(super) fn sections(file: &'static str) -> impl Iterator<Item = (&'static str, &'static str)> {
+    let mut rest = file;
+    std::iter::from_fn(move || {
+        let at = rest.find(MARKER)?;
+        let after = &rest[at + MARKER.len()..];
+        let (title, body) = after.split_once('\n').unwrap_or((after, ""));
+        let end = body.find(MARKER).unwrap_or(body.len());
+        rest = &body[end..];
+        Some((title.trim(), body[..end].trim()))
+    })
+}
+
+/// The statement `name` of `file`.
+pub(super) fn q(file: &'static str, name: &str) -> Result<&'static str, StoreError> {
+    sections(file)
+        .find(|(n, _)| *n == name)
+        .map(|(_, sql)| sql)
+        .ok_or_else(|| {
+            StoreError::Database(format!(
+                "this build of postback-store has no SQL statement named {name}: report it as a bug"
+            ))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_statement_is_an_error_not_a_panic() {
+        assert!(q(META, "no_such_statement").is_err());
+        assert!(q(META, "version").is_ok_and(|s| s.starts_with("SELECT")));
+        let n: usize = FILES.iter().map(|f| sections(f).count()).sum();
+        assert!(n > 25, "found the sections ({n})");
+    }
+}

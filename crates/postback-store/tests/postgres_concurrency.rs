@@ -1,0 +1,420 @@
+//! Several stores (several pools: as several processes) over one PostgreSQL schema, on the
+//! server at `POSTBACK_PG_URL` (skipped without one): disjoint claims, one disablement however
+//! many fail at once, results of a disabled postback held, changes seen across stores, wake-ups
+//! over LISTEN/NOTIFY, and a schema newer than the build refused.
+#![cfg(feature = "postgres")]
+#![allow(
+    clippy::disallowed_methods,
+    reason = "the tests run stores on threads of their own"
+)]
+
+mod support;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use postback::access::{Actor, Settings};
+use postback::delivery::{Action, Delivery, DisablePolicy, Next, Progress, RetryPolicy};
+use postback::model::{ManagerId, OfferId, PartnerId, Postback, PostbackId, Status};
+use postback::registry::Trigger;
+use postback::template::{Macro, ValueMap};
+use postback_store::{
+    Claimed, Completion, Filter, Manage, PostgresStore, Rules, Store, StoreError, Token,
+};
+
+const PB: PostbackId = PostbackId::new(1);
+const PARTNER: PartnerId = PartnerId::new(7);
+const LEASE: Duration = Duration::from_secs(60);
+
+fn t0() -> DateTime<Utc> {
+    DateTime::from_timestamp(1_767_225_600, 0).unwrap_or_default()
+}
+
+fn secs(n: i64) -> chrono::Duration {
+    chrono::Duration::seconds(n)
+}
+
+fn ok<T, E: std::fmt::Display>(r: Result<T, E>, what: &str) -> T {
+    match r {
+        Ok(v) => v,
+        Err(e) => panic!("{what}: {e}"),
+    }
+}
+
+fn postback() -> Postback {
+    ok(
+        Postback::builder(PB)
+            .partner(PARTNER)
+            .url("https://partner.example/pb?cid={sub1}")
+            .build(),
+        "the fixture postback",
+    )
+}
+
+fn manager() -> Actor {
+    Actor::Network(ManagerId::new(1))
+}
+
+/// `n` stores over one fresh schema, postback 1 created through the first.
+fn stores(url: &str, n: usize) -> (String, Vec<Arc<PostgresStore>>) {
+    let schema = support::schema_name();
+    let all: Vec<_> = (0..n)
+        .map(|_| Arc::new(support::open(url, &schema)))
+        .collect();
+    ok(
+        all[0].postback_manage(
+            t0(),
+            manager(),
+            Manage::Create(postback()),
+            &Settings::default(),
+        ),
+        "creating the postback",
+    );
+    (schema, all)
+}
+
+fn convert(s: &PostgresStore, id: u64) {
+    let t = Trigger::conversion(id, PARTNER, OfferId::new(42));
+    let values = ValueMap::new().with(Macro::SUB1, format!("click-{id}"));
+    let e = ok(
+        s.trigger_enqueue(t0(), &t, &values, &Rules::default()),
+        "a trigger",
+    );
+    assert!(e.errors.is_empty(), "the trigger planned without errors");
+}
+
+fn no_jitter() -> RetryPolicy {
+    RetryPolicy::default().jitter(0, 0)
+}
+
+/// Send a claimed delivery through the core's state machine and answer it with `status`.
+fn answer(c: &Claimed, now: DateTime<Utc>, status: u16) -> (Delivery, Progress) {
+    let mut d = c.delivery.clone();
+    let pb = c.postback.clone().unwrap_or_else(postback);
+    let rules = Rules::default();
+    match d.poll(now, &postback_store::send_context(&pb, &rules)) {
+        Action::Send(_) => {}
+        other => panic!("a claimed delivery is sendable, got {other:?}"),
+    }
+    let resp = ok(
+        http::Response::builder()
+            .status(status)
+            .body(b"body".to_vec()),
+        "a response",
+    );
+    let progress = ok(d.handle_response(now, Ok(resp), &no_jitter()), "a response");
+    (d, progress)
+}
+
+fn complete(
+    s: &PostgresStore,
+    c: &Claimed,
+    now: DateTime<Utc>,
+    status: u16,
+    policy: &DisablePolicy,
+) -> Completion {
+    let (d, p) = answer(c, now, status);
+    ok(
+        s.delivery_complete(now, c.token, d, p, policy),
+        "completing",
+    )
+}
+
+fn three_failures() -> DisablePolicy {
+    DisablePolicy::ConsecutiveWithin {
+        failures: 3,
+        window: Duration::from_secs(3600),
+    }
+}
+
+#[test]
+fn claims_from_several_stores_at_once_are_disjoint_and_cover_everything_due() {
+    let Some(url) = support::url("claims_from_several_stores_at_once_are_disjoint") else {
+        return;
+    };
+    let (schema, stores) = stores(&url, 4);
+    for i in 0..400 {
+        convert(&stores[0], i);
+    }
+    let start = Arc::new(Barrier::new(stores.len() * 2));
+    let threads: Vec<_> = (0..stores.len() * 2)
+        .map(|i| {
+            let s = Arc::clone(&stores[i % stores.len()]);
+            let start = Arc::clone(&start);
+            std::thread::spawn(move || {
+                start.wait();
+                let mut mine = Vec::new();
+                loop {
+                    let got = ok(
+                        s.deliveries_claim(t0(), &format!("claimant-{i}"), 7, LEASE),
+                        "claiming",
+                    );
+                    if got.is_empty() {
+                        break mine;
+                    }
+                    mine.extend(got.into_iter().map(|c| (*c.delivery.key(), c.token)));
+                }
+            })
+        })
+        .collect();
+    let mut seen = HashSet::new();
+    let mut total = 0;
+    for t in threads {
+        let mine = match t.join() {
+            Ok(m) => m,
+            Err(_) => panic!("a claimant panicked"),
+        };
+        total += mine.len();
+        for (key, token) in mine {
+            assert_eq!(token, Token(1), "claimed once: {key}");
+            assert!(seen.insert(key), "{key} was claimed twice");
+        }
+    }
+    assert_eq!(
+        total, 400,
+        "every due delivery claimed, by one claimant each"
+    );
+    let counts = ok(stores[1].deliveries_count(), "counts");
+    assert_eq!((counts.pending, counts.leased), (400, 400));
+    drop(stores);
+    support::drop_schemas(&url, &[schema]);
+}
+
+#[test]
+fn two_stores_failing_the_same_postback_at_once_disable_it_once_with_one_notification() {
+    let Some(url) = support::url("two_stores_failing_the_same_postback_at_once") else {
+        return;
+    };
+    for round in 0..5 {
+        let (schema, stores) = stores(&url, 2);
+        for i in 0..24 {
+            convert(&stores[0], i);
+        }
+        let a = ok(stores[0].deliveries_claim(t0(), "a", 10, LEASE), "a claims");
+        let b = ok(stores[1].deliveries_claim(t0(), "b", 10, LEASE), "b claims");
+        assert_eq!((a.len(), b.len()), (10, 10));
+        let start = Arc::new(Barrier::new(2));
+        let threads: Vec<_> = [(Arc::clone(&stores[0]), a), (Arc::clone(&stores[1]), b)]
+            .into_iter()
+            .map(|(s, claimed)| {
+                let start = Arc::clone(&start);
+                std::thread::spawn(move || {
+                    start.wait();
+                    claimed
+                        .iter()
+                        .filter(|c| {
+                            matches!(
+                                complete(&s, c, t0() + secs(1), 500, &three_failures()),
+                                Completion::Completed { disabled: true, .. }
+                            )
+                        })
+                        .count()
+                })
+            })
+            .collect();
+        let disabled: usize = threads
+            .into_iter()
+            .map(|t| t.join().unwrap_or_else(|_| panic!("a completer panicked")))
+            .sum();
+        assert_eq!(
+            disabled, 1,
+            "round {round}: one disablement across both stores"
+        );
+        for s in &stores {
+            let reg = ok(s.registry_get(), "registry");
+            assert!(
+                matches!(
+                    reg.get(PB).map(|p| p.status()),
+                    Some(Status::Disabled { .. })
+                ),
+                "round {round}: both stores see it disabled"
+            );
+            assert_eq!(
+                ok(s.notifications_pending(), "notifications").len(),
+                1,
+                "round {round}: one notification"
+            );
+        }
+        assert_eq!(
+            ok(stores[1].deliveries_of(PB, Filter::Held, 100), "held").len(),
+            24,
+            "round {round}: every delivery of the postback is held, claimed or not"
+        );
+        assert!(
+            ok(
+                stores[0].deliveries_claim(t0() + secs(7200), "c", 50, LEASE),
+                "claim"
+            )
+            .is_empty(),
+            "nothing held is claimed"
+        );
+        drop(stores);
+        support::drop_schemas(&url, &[schema]);
+    }
+}
+
+#[test]
+fn a_postback_disabled_by_one_store_holds_what_another_had_claimed_when_results_come_back() {
+    let Some(url) = support::url("a_postback_disabled_by_one_store_holds_what_another_claimed")
+    else {
+        return;
+    };
+    let (schema, stores) = stores(&url, 2);
+    for i in 0..5 {
+        convert(&stores[0], i);
+    }
+    let a = ok(stores[0].deliveries_claim(t0(), "a", 3, LEASE), "a claims");
+    let b = ok(stores[1].deliveries_claim(t0(), "b", 3, LEASE), "b claims");
+    assert_eq!((a.len(), b.len()), (3, 2));
+    let mut disabled = 0;
+    for c in &a {
+        if let Completion::Completed { disabled: true, .. } =
+            complete(&stores[0], c, t0() + secs(1), 500, &three_failures())
+        {
+            disabled += 1;
+        }
+    }
+    assert_eq!(disabled, 1, "the first store's failures disable it");
+    for c in &b {
+        let done = complete(&stores[1], c, t0() + secs(2), 503, &three_failures());
+        assert_eq!(
+            done,
+            Completion::Completed {
+                next: Next::Held,
+                disabled: false
+            },
+            "a result of another store's claim comes back to a disabled postback: held"
+        );
+    }
+    let held = ok(stores[1].deliveries_of(PB, Filter::Held, 10), "held");
+    assert_eq!(held.len(), 5);
+    assert_eq!(ok(stores[1].deliveries_count(), "counts").leased, 0);
+    assert_eq!(ok(stores[1].notifications_pending(), "notes").len(), 1);
+    // Enabled through the second store: the first sees it before its next claim.
+    let later = t0() + secs(600);
+    let m = ok(
+        stores[1].postback_manage(later, manager(), Manage::Enable(PB), &Settings::default()),
+        "enable",
+    );
+    assert_eq!(m.deliveries, 5);
+    let again = ok(stores[0].deliveries_claim(later, "a", 10, LEASE), "claim");
+    assert_eq!(again.len(), 5, "released everywhere");
+    assert!(
+        again
+            .iter()
+            .all(|c| c.postback.as_ref().is_some_and(|p| p.status().is_active())),
+        "the claim carries the postback as the other store left it"
+    );
+    drop(stores);
+    support::drop_schemas(&url, &[schema]);
+}
+
+#[test]
+fn a_trigger_stored_through_one_store_wakes_the_listener_of_another() {
+    let Some(url) = support::url("a_trigger_stored_through_one_store_wakes_another") else {
+        return;
+    };
+    let (schema, stores) = stores(&url, 2);
+    let Some(wake) = stores[1].wake_source() else {
+        panic!("the PostgreSQL store has a wake source");
+    };
+    convert(&stores[0], 1);
+    let rt = ok(
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build(),
+        "a runtime",
+    );
+    // Not a timing assertion: a bound so a missing wake-up fails rather than hangs.
+    let woke =
+        rt.block_on(async { tokio::time::timeout(Duration::from_secs(60), wake.notified()).await });
+    assert!(
+        woke.is_ok(),
+        "the NOTIFY of the trigger woke the other store"
+    );
+    drop(stores);
+    support::drop_schemas(&url, &[schema]);
+}
+
+#[test]
+fn a_schema_newer_than_the_build_is_refused_and_left_alone() {
+    let Some(url) = support::url("a_schema_newer_than_the_build_is_refused") else {
+        return;
+    };
+    let (schema, stores) = stores(&url, 1);
+    drop(stores);
+    let mut client = ok(postgres::Client::connect(&url, postgres::NoTls), "connect");
+    ok(
+        client.batch_execute(&format!(
+            "UPDATE \"{schema}\".schema_version SET version = 99"
+        )),
+        "bumping the version",
+    );
+    match PostgresStore::builder(url.as_str()).schema(&schema).open() {
+        Err(StoreError::SchemaTooNew { found: 99, known }) => assert!(known < 99),
+        Err(e) => panic!("expected SchemaTooNew, got {e}"),
+        Ok(_) => panic!("a newer schema was opened"),
+    }
+    let v: i64 = ok(
+        client.query_one(
+            &format!("SELECT version FROM \"{schema}\".schema_version"),
+            &[],
+        ),
+        "reading the version",
+    )
+    .get(0);
+    assert_eq!(v, 99, "left as it was");
+    support::drop_schemas(&url, &[schema]);
+}
+
+#[test]
+fn a_trigger_stored_in_the_callers_transaction_commits_or_rolls_back_with_it() {
+    let Some(url) = support::url("a_trigger_stored_in_the_callers_transaction") else {
+        return;
+    };
+    let (schema, stores) = stores(&url, 1);
+    let s = &stores[0];
+    let mut client = ok(postgres::Client::connect(&url, postgres::NoTls), "connect");
+    ok(
+        client.batch_execute("CREATE TEMP TABLE conversions (id BIGINT PRIMARY KEY)"),
+        "the caller's table",
+    );
+    let values = ValueMap::new().with(Macro::SUB1, "click-1");
+    for (id, commit) in [(1_u64, false), (2, true)] {
+        let mut tx = ok(client.transaction(), "the caller's transaction");
+        let n = i64::try_from(id).unwrap_or_default();
+        ok(
+            tx.execute("INSERT INTO conversions (id) VALUES ($1)", &[&n]),
+            "the conversion",
+        );
+        let t = Trigger::conversion(id, PARTNER, OfferId::new(42));
+        let e = ok(
+            s.trigger_enqueue_in(&mut tx, t0(), &t, &values, &Rules::default()),
+            "enqueue in the caller's transaction",
+        );
+        assert_eq!(e.created.len(), 1);
+        let path: String = ok(tx.query_one("SHOW search_path", &[]), "search path").get(0);
+        assert!(
+            !path.contains(&schema),
+            "the caller's search path is back: {path}"
+        );
+        if commit {
+            ok(tx.commit(), "commit");
+        } else {
+            ok(tx.rollback(), "rollback");
+        }
+    }
+    let counts = ok(s.deliveries_count(), "counts");
+    assert_eq!(
+        counts.pending, 1,
+        "the rolled-back conversion left no delivery"
+    );
+    let kept = ok(s.deliveries_of(PB, Filter::All, 10), "deliveries");
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].key().trigger().as_str(), "2");
+    drop(stores);
+    support::drop_schemas(&url, &[schema]);
+}
