@@ -69,8 +69,11 @@ async fn ours(dir: &std::path::Path, url: &str, run: u32) -> Duration {
             &Settings::default(),
         )
         .expect("create");
-    let transport = ReqwestTransport::new(Config::new(NetPolicy::default().allow_loopback()))
-        .expect("transport");
+    // As many pooled connections as requests in flight, as the bare client keeps.
+    let config = Config::new(NetPolicy::default().allow_loopback())
+        .max_connections_per_host(IN_FLIGHT)
+        .idle_per_host(IN_FLIGHT);
+    let transport = ReqwestTransport::new(config).expect("transport");
     let config = WorkerConfig::new()
         .rules(Rules::default())
         .max_concurrency(IN_FLIGHT)

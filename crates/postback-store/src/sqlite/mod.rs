@@ -825,11 +825,13 @@ impl Store for SqliteStore {
             .db()?;
         let mut out = Vec::with_capacity(batch.len());
         let mut new_cache = None;
+        let mut healths = HashMap::new();
         for (token, delivery, progress) in batch {
             match complete_one(
                 &tx,
                 cache,
                 &mut new_cache,
+                &mut healths,
                 now,
                 token,
                 delivery,
@@ -839,6 +841,14 @@ impl Store for SqliteStore {
                 Ok(c) => out.push(c),
                 Err(e) => {
                     // The transaction rolls back: a registry read inside it must not stay cached.
+                    *cache = None;
+                    return Err(e);
+                }
+            }
+        }
+        for (pid, (h, dirty)) in &healths {
+            if *dirty {
+                if let Err(e) = health_put(&tx, *pid, h) {
                     *cache = None;
                     return Err(e);
                 }
@@ -1081,6 +1091,7 @@ fn complete_one(
     tx: &rusqlite::Transaction<'_>,
     cache: &mut Option<(i64, Registry)>,
     new_cache: &mut Option<(i64, Registry)>,
+    healths: &mut HashMap<PostbackId, (Health, bool)>,
     now: DateTime<Utc>,
     token: Token,
     mut delivery: Delivery,
@@ -1109,7 +1120,11 @@ fn complete_one(
         None => cached_registry(tx, cache)?,
     };
     let pb = registry.get(pid).cloned();
-    let mut health = health_of(tx, pid)?.unwrap_or_default();
+    // Read once per batch and postback, written once at the end of the batch.
+    let (mut health, dirty) = match healths.remove(&pid) {
+        Some(h) => h,
+        None => (health_of(tx, pid)?.unwrap_or_default(), false),
+    };
     let outcome = apply::complete(
         now,
         &mut delivery,
@@ -1137,9 +1152,9 @@ fn complete_one(
         return Ok(Completion::LeaseLost);
     }
     write_attempts(tx, &delivery, count(written))?;
-    if pb.is_some() && !delivery.is_test() {
-        health_put(tx, pid, &health)?;
-    }
+    // Written once, at the end of the batch (a test fire or a deleted postback writes none).
+    let write = pb.is_some() && !delivery.is_test();
+    healths.insert(pid, (health, dirty || write));
     let mut disabled = false;
     if let Some(reason) = outcome.disable {
         let mut next = registry.clone();
