@@ -42,6 +42,9 @@ pub fn run_all<H: Harness>(h: &mut H) {
     a_batch_of_completions_is_fenced_one_by_one(h);
     an_expired_lease_is_claimed_again_and_reported_interrupted(h);
     an_unclaimed_delivery_is_due_at_once_and_not_interrupted(h);
+    an_unclaim_leaves_earlier_interruptions_to_the_next_claimant(h);
+    a_pause_and_resume_leave_a_request_out_to_its_claimant(h);
+    nothing_of_a_postback_that_is_off_is_claimed(h);
     the_next_due_time_includes_the_ends_of_leases(h);
     many_failures_at_once_disable_the_postback_once_with_one_notification(h);
     enabling_releases_what_the_disable_held_with_a_fresh_health(h);
@@ -870,4 +873,104 @@ pub fn a_batch_of_triggers_is_stored_as_one_by_one<H: Harness>(h: &mut H) {
     assert_eq!(out[2].duplicates, out[0].created);
     let s = h.reopen(s);
     assert_eq!(ok(s.deliveries_count(), "counts").pending, 2);
+}
+
+/// A claimant that gives a delivery back has not recorded the claims interrupted before its
+/// own: the next claimant is told of them.
+pub fn an_unclaim_leaves_earlier_interruptions_to_the_next_claimant<H: Harness>(h: &mut H) {
+    let s = with_postback(h);
+    convert(&s, 1, t0());
+    let _dies = claim(&s, t0(), "a", 1).remove(0);
+    let b = claim(&s, t0() + secs(60), "b", 1).remove(0);
+    assert_eq!(b.interrupted, 1);
+    assert!(ok(
+        s.delivery_unclaim(t0() + secs(61), b.delivery.key(), b.token),
+        "unclaim"
+    ));
+    let c = claim(&s, t0() + secs(61), "c", 1);
+    assert_eq!(c.len(), 1);
+    assert_eq!(c[0].interrupted, 1, "still to be recorded");
+}
+
+/// A pause and a resume while a request is out leave it to its claimant: nobody claims it
+/// again inside the lease, and its result is written.
+pub fn a_pause_and_resume_leave_a_request_out_to_its_claimant<H: Harness>(h: &mut H) {
+    let s = with_postback(h);
+    convert(&s, 1, t0());
+    let a = claim(&s, t0(), "a", 1).remove(0);
+    let m = ok(
+        s.postback_manage(
+            t0() + secs(1),
+            manager(),
+            Manage::Pause(PB),
+            &Settings::default(),
+        ),
+        "pause",
+    );
+    assert_eq!(
+        m.deliveries, 0,
+        "the request out is not held under its claimant"
+    );
+    ok(
+        s.postback_manage(
+            t0() + secs(2),
+            manager(),
+            Manage::Resume(PB),
+            &Settings::default(),
+        ),
+        "resume",
+    );
+    assert!(
+        claim(&s, t0() + secs(3), "b", 10).is_empty(),
+        "not claimed twice inside the lease"
+    );
+    let done = complete(
+        &s,
+        &a,
+        t0() + secs(4),
+        200,
+        &no_jitter(),
+        &DisablePolicy::default(),
+    );
+    assert!(matches!(
+        done,
+        Completion::Completed {
+            next: Next::Finished,
+            ..
+        }
+    ));
+}
+
+/// A delivery left scheduled for a postback that went off (it was out under a lease, and its
+/// claimant died) is not claimed while the postback is off, and is once it is on again.
+pub fn nothing_of_a_postback_that_is_off_is_claimed<H: Harness>(h: &mut H) {
+    let s = with_postback(h);
+    convert(&s, 1, t0());
+    let _dies = claim(&s, t0(), "a", 1).remove(0);
+    ok(
+        s.postback_manage(
+            t0() + secs(1),
+            manager(),
+            Manage::Pause(PB),
+            &Settings::default(),
+        ),
+        "pause",
+    );
+    let s = h.reopen(s);
+    assert!(
+        claim(&s, t0() + secs(120), "b", 10).is_empty(),
+        "paused: nothing claimed"
+    );
+    ok(
+        s.postback_manage(
+            t0() + secs(121),
+            manager(),
+            Manage::Resume(PB),
+            &Settings::default(),
+        ),
+        "resume",
+    );
+    let again = claim(&s, t0() + secs(121), "b", 10);
+    assert_eq!(again.len(), 1, "on again: claimed");
+    assert_eq!(again[0].interrupted, 1, "its lost claim is reported");
 }

@@ -167,6 +167,9 @@ impl Drop for Unstick<'_> {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             q.flushing = false;
+            // Nobody flushes what waits now: its callers get an error (their replies drop)
+            // rather than waiting for a trigger that may never come.
+            q.waiting.clear();
         }
     }
 }

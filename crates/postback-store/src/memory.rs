@@ -98,6 +98,7 @@ impl Inner {
     fn change_all(
         &mut self,
         postback: PostbackId,
+        skip_leased_at: Option<DateTime<Utc>>,
         mut change: impl FnMut(&mut Delivery) -> bool,
     ) -> usize {
         let mut n = 0;
@@ -105,6 +106,11 @@ impl Inner {
             let Some(mut row) = self.rows.get(&key).cloned() else {
                 continue;
             };
+            // Out under a live lease: its claimant's completion settles it.
+            let leased = |now| row.claims > row.settled && row.due.is_some_and(|d| d > now);
+            if skip_leased_at.is_some_and(leased) {
+                continue;
+            }
             if change(&mut row.d) {
                 row.due = row.d.due();
                 self.put(row);
@@ -157,7 +163,8 @@ impl Store for MemoryStore {
         let (audit, operation) = apply::manage(&mut registry, now, actor, op, access)?;
         g.registry = registry;
         let pid = audit.postback;
-        let deliveries = g.change_all(pid, |d| on_operation(operation, now, d));
+        let skip = (operation == postback::access::Operation::Pause).then_some(now);
+        let deliveries = g.change_all(pid, skip, |d| on_operation(operation, now, d));
         let old = g.health.remove(&pid);
         match apply::health_after(operation, old.clone()) {
             Some(Some(h)) => {
@@ -232,14 +239,26 @@ impl Store for MemoryStore {
         lease: Duration,
     ) -> Result<Vec<Claimed>, StoreError> {
         let mut g = self.lock();
+        // A postback that is off has nothing claimed: a delivery left scheduled for it (out under
+        // a lease when it went off) waits until it is on again.
+        let on = |k: &DeliveryKey| {
+            k.purpose() == postback::model::Purpose::Test
+                || g.registry
+                    .get(k.postback())
+                    .is_some_and(|p| p.status().is_active())
+        };
         let due: Vec<DeliveryKey> = g
             .due
             .iter()
             .take_while(|(at, _)| *at <= now)
+            .filter(|(_, k)| on(k))
             .take(limit)
             .map(|(_, k)| *k)
             .collect();
-        let until = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
+        let until = chrono::Duration::from_std(lease)
+            .ok()
+            .and_then(|l| now.checked_add_signed(l))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
         let mut out = Vec::with_capacity(due.len());
         for key in due {
             let Some(mut row) = g.rows.get(&key).cloned() else {
@@ -271,8 +290,9 @@ impl Store for MemoryStore {
     ) -> Result<Completion, StoreError> {
         let mut g = self.lock();
         let key = *delivery.key();
+        // Gone (pruned after another claimant finished it): this claim was lost long ago.
         let Some(row) = g.rows.get(&key) else {
-            return Err(StoreError::UnknownDelivery(key));
+            return Ok(Completion::LeaseLost);
         };
         if row.claims != token.0 {
             return Ok(Completion::LeaseLost);
@@ -311,7 +331,7 @@ impl Store for MemoryStore {
                     },
                     None,
                 ));
-                g.change_all(pid, |d| {
+                g.change_all(pid, Some(now), |d| {
                     d.key() != &key && on_operation(postback::access::Operation::Pause, now, d)
                 });
             }
@@ -345,8 +365,8 @@ impl Store for MemoryStore {
         if row.claims != token.0 {
             return Ok(false);
         }
-        // Not interrupted: the claim is as if it never happened.
-        row.settled = row.claims;
+        // This claim only: earlier interrupted ones stay to be recorded by the next claimant.
+        row.settled += 1;
         row.due = Some(now);
         g.put(row);
         Ok(true)

@@ -21,7 +21,7 @@ use postback::transport::{AsyncTransport, Classify};
 use crate::apply;
 use crate::clock::Clock;
 use crate::handle::{Counters, Shared, WorkerHandle, blocking};
-use crate::store::{Claimed, Completion, Notification, Rules, Store, Token};
+use crate::store::{Claimed, Completion, Notification, Rules, Store, StoreError, Token};
 
 /// Where the worker hands notifications for the network's manager (a postback was disabled
 /// automatically). Each is marked done in the store once handed over.
@@ -369,6 +369,7 @@ impl<T: AsyncTransport + Send + Sync + 'static> Driver<T> {
         let _guard = StopGuard(Arc::clone(&shared));
         let mut shutdown = shared.shutdown.subscribe();
         let poll = shared.config.poll_every();
+        let mut next_poll = tokio::time::Instant::now() + poll;
         // Wake-ups from other processes (PostgreSQL: LISTEN/NOTIFY), if the store has them.
         let store_wake = blocking(&shared.store, |s| Ok(s.wake_source()))
             .await
@@ -422,7 +423,11 @@ impl<T: AsyncTransport + Send + Sync + 'static> Driver<T> {
                     }
                 } => {}
                 _ = due => {}
-                _ = tokio::time::sleep(poll) => self.check_notifications = true,
+                // One deadline across turns: a busy loop must not push the tick away forever.
+                _ = tokio::time::sleep_until(next_poll) => {
+                    self.check_notifications = true;
+                    next_poll = tokio::time::Instant::now() + poll;
+                }
             }
         };
         self.shut_down(grace).await;
@@ -458,14 +463,20 @@ impl<T: AsyncTransport + Send + Sync + 'static> Driver<T> {
         };
         let n = claimed.len();
         Counters::add(&self.shared.stats.claimed, n as u64);
+        let mut kept = 0;
         for c in claimed {
-            self.start(now, c).await;
+            if !self.start(now, c).await {
+                kept += 1;
+            }
         }
-        (n, limit)
+        // What was given back (a full host) does not count: claiming again at once would only
+        // give it back again.
+        (kept, limit)
     }
 
     /// A claimed delivery: end it, send it, let it wait for its host, or give it back.
-    async fn start(&mut self, now: DateTime<Utc>, c: Claimed) {
+    /// Returns whether it was given back unsent (its host is full).
+    async fn start(&mut self, now: DateTime<Utc>, c: Claimed) -> bool {
         let Claimed {
             mut delivery,
             token,
@@ -481,7 +492,7 @@ impl<T: AsyncTransport + Send + Sync + 'static> Driver<T> {
                 failure: FailureClass::Local,
             };
             self.complete(now, token, delivery, progress).await;
-            return;
+            return false;
         };
         if interrupted > 0 {
             let ctx = apply::send_context(&postback, &self.shared.config.rules);
@@ -494,7 +505,7 @@ impl<T: AsyncTransport + Send + Sync + 'static> Driver<T> {
             );
             if let Some(progress) = done {
                 self.complete(now, token, delivery, progress).await;
-                return;
+                return false;
             }
         }
         let host = postback.template().origin().to_owned();
@@ -512,7 +523,9 @@ impl<T: AsyncTransport + Send + Sync + 'static> Driver<T> {
             self.waiting.push_back(ready);
         } else {
             self.unclaim(now, &ready).await;
+            return true;
         }
+        false
     }
 
     fn out_to(&self, host: &str) -> usize {
@@ -644,11 +657,33 @@ impl<T: AsyncTransport + Send + Sync + 'static> Driver<T> {
             return;
         };
         let half = chrono::Duration::from_std(self.shared.config.lease / 2)
-            .unwrap_or(chrono::Duration::MAX);
-        if now < ready.claimed_at + half {
-            self.send(now, ready).await;
-        } else {
+            .ok()
+            .and_then(|h| ready.claimed_at.checked_add_signed(h))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
+        if now >= half {
             self.unclaim(now, &ready).await;
+            return;
+        }
+        // It waited: send it with its postback as it is now. One paused, disabled or deleted
+        // meanwhile is given back (the store claims nothing of a postback that is off).
+        let pid = ready.delivery.postback();
+        let current = blocking(&self.shared.store, move |s| {
+            Ok(s.registry_get()?.get(pid).cloned())
+        })
+        .await;
+        match current {
+            Ok(Some(pb)) if pb.status().is_active() || ready.delivery.is_test() => {
+                let ready = Ready {
+                    postback: pb,
+                    ..ready
+                };
+                self.send(now, ready).await;
+            }
+            Ok(_) => self.unclaim(now, &ready).await,
+            Err(_) => {
+                count(&self.shared.stats.store_errors);
+                self.unclaim(now, &ready).await;
+            }
         }
     }
 
@@ -681,25 +716,45 @@ impl<T: AsyncTransport + Send + Sync + 'static> Driver<T> {
         let disable = self.shared.config.disable;
         let tests: Vec<DeliveryKey> = meta.iter().filter(|m| m.1).map(|m| m.0).collect();
         let written = blocking(&self.shared.store, move |s| {
-            let done = s.deliveries_complete(now, batch, &disable)?;
-            let mut records = Vec::new();
-            for key in tests {
-                if let Some(d) = s.delivery_get(&key)? {
-                    records.push(d);
-                }
+            let keep = batch.clone();
+            match s.deliveries_complete(now, batch, &disable) {
+                Ok(done) => Ok(done.into_iter().map(Ok).collect::<Vec<_>>()),
+                // A batch that failed as a whole (a store without one transaction for it may
+                // have written part): each on its own, so one bad item costs only itself.
+                Err(_) => Ok(keep
+                    .into_iter()
+                    .map(|(t, d, p)| s.delivery_complete(now, t, d, p, &disable))
+                    .collect()),
             }
-            Ok((done, records))
         })
         .await;
         let stats = &self.shared.stats;
-        let (completions, records) = match written {
+        let completions: Vec<Result<Completion, StoreError>> = match written {
             Ok(w) => w,
             Err(_) => {
                 Counters::add(&stats.store_errors, meta.len() as u64);
                 return;
             }
         };
+        // Test fires' records, for whoever awaits them (a failure here loses nothing written).
+        let records = if tests.is_empty() {
+            Vec::new()
+        } else {
+            blocking(&self.shared.store, move |s| {
+                Ok(tests
+                    .iter()
+                    .filter_map(|k| s.delivery_get(k).ok().flatten())
+                    .collect::<Vec<_>>())
+            })
+            .await
+            .unwrap_or_default()
+        };
         for (completion, (_, _, progress)) in completions.into_iter().zip(&meta) {
+            let Ok(completion) = completion else {
+                // Not written: it stays leased and is sent again when the lease ends.
+                count(&stats.store_errors);
+                continue;
+            };
             match completion {
                 Completion::LeaseLost => count(&stats.lease_lost),
                 Completion::Completed { next, disabled } => {

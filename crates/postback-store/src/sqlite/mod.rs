@@ -620,7 +620,11 @@ impl Store for SqliteStore {
         let unfinished = rows(
             &tx,
             q(DELIVERIES, "unfinished_of")?,
-            named_params! {":postback": int("postback id", pid.get())?},
+            named_params! {
+                ":postback": int("postback id", pid.get())?,
+                ":skip_leased": operation == Operation::Pause,
+                ":now": floor(now),
+            },
         )?;
         let deliveries = change_rows(&tx, unfinished, |d| on_operation(operation, now, d))?;
         match apply::health_after(operation, health_of(&tx, pid)?) {
@@ -1107,8 +1111,9 @@ fn complete_one(
         })
         .optional()
         .db()?;
+    // Gone (pruned after another claimant finished it): this claim was lost long ago.
     let Some((id, claims, written)) = fence else {
-        return Err(StoreError::UnknownDelivery(key));
+        return Ok(Completion::LeaseLost);
     };
     if claims != token.0 {
         return Ok(Completion::LeaseLost);
@@ -1148,8 +1153,10 @@ fn complete_one(
         })
         .db()?;
     if n != 1 {
-        // Dropping the transaction rolls back.
-        return Ok(Completion::LeaseLost);
+        // The fence was read in this same write transaction: nothing else can have moved it.
+        return Err(StoreError::Database(format!(
+            "delivery {key} changed inside its own completion: report it as a bug"
+        )));
     }
     write_attempts(tx, &delivery, count(written))?;
     // Written once, at the end of the batch (a test fire or a deleted postback writes none).
@@ -1192,7 +1199,11 @@ fn complete_one(
             let others = rows(
                 tx,
                 q(DELIVERIES, "scheduled_of_except")?,
-                named_params! {":postback": int("postback id", pid.get())?, ":id": id},
+                named_params! {
+                    ":postback": int("postback id", pid.get())?,
+                    ":id": id,
+                    ":now": floor(now),
+                },
             )?;
             change_rows(tx, others, |d| on_operation(Operation::Pause, now, d))?;
         }

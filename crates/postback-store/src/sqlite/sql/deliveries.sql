@@ -12,6 +12,9 @@ SELECT 1 FROM deliveries WHERE key = ?1;
 -- due time): read first in the same transaction.
 SELECT id FROM deliveries
 WHERE status = 'scheduled' AND due_at <= :now
+  -- A postback that is off (paused, disabled, deleted) has nothing claimed: a delivery left
+  -- scheduled for it (out under a lease when it went off) waits until it is on again.
+  AND (purpose = 'test' OR postback IN (SELECT id FROM postbacks WHERE status = 'active'))
 ORDER BY due_at, id
 LIMIT :limit;
 
@@ -20,6 +23,8 @@ UPDATE deliveries
 SET claims = claims + 1, due_at = :lease_end, lease_owner = :owner
 WHERE id IN (SELECT id FROM deliveries
              WHERE status = 'scheduled' AND due_at <= :now
+               AND (purpose = 'test'
+                    OR postback IN (SELECT id FROM postbacks WHERE status = 'active'))
              ORDER BY due_at, id
              LIMIT :limit)
 RETURNING id, claims, settled, state;
@@ -47,18 +52,23 @@ WHERE id = :id AND claims = :token;
 
 -- name: unclaim
 UPDATE deliveries
-SET settled = claims, due_at = CASE WHEN status = 'scheduled' THEN :now END
+-- This claim only: earlier interrupted ones stay to be recorded by the next claimant.
+SET settled = settled + 1, due_at = CASE WHEN status = 'scheduled' THEN :now END
 WHERE key = :key AND claims = :token;
 
 -- name: unfinished_of
 -- What a management operation may change: a postback's deliveries not yet finished.
+-- A pause leaves what is out under a live lease to its claimant, whose completion holds it.
 SELECT id, attempts_written, state FROM deliveries
 WHERE postback = :postback AND status IN ('scheduled', 'held')
+  AND NOT (:skip_leased AND claims > settled AND due_at > :now)
 ORDER BY id;
 
 -- name: scheduled_of_except
 SELECT id, attempts_written, state FROM deliveries
 WHERE postback = :postback AND status = 'scheduled' AND id <> :id
+  -- What is out under a live lease is held by its own completion (the postback is off by then).
+  AND NOT (claims > settled AND due_at > :now)
 ORDER BY id;
 
 -- name: next_due
