@@ -971,7 +971,12 @@ impl Store for PostgresStore {
             let (audit, operation) = apply::manage(&mut registry, now, actor, op.clone(), access)?;
             let version = write_registry(tx, &old, &registry)?;
             let pid = audit.postback;
-            let unfinished = rows(tx, q(DELIVERIES, "unfinished_of")?, &[&pid_of(pid)?])?;
+            let pause = operation == Operation::Pause;
+            let unfinished = rows(
+                tx,
+                q(DELIVERIES, "unfinished_of")?,
+                &[&pid_of(pid)?, &pause, &floor(now)],
+            )?;
             let deliveries = change_rows(tx, unfinished, |d| on_operation(operation, now, d))?;
             let health = health_of(tx, pid, true)?;
             match apply::health_after(operation, health) {
@@ -1086,8 +1091,9 @@ impl Store for PostgresStore {
             // The postback's lock first: a completion of another of its deliveries, its disable
             // and a management operation on it wait here, holding no row.
             lock_postback(tx, pid)?;
+            // Gone (pruned after another claimant finished it): this claim was lost long ago.
             let Some(fence) = tx.query_opt(q(DELIVERIES, "fence")?, &[&text])? else {
-                return Err(StoreError::UnknownDelivery(key).into());
+                return Ok((Completion::LeaseLost, None));
             };
             let id: i64 = fence.try_get(0)?;
             let claims: i64 = fence.try_get(1)?;
@@ -1164,7 +1170,7 @@ impl Store for PostgresStore {
                     let others = rows(
                         tx,
                         q(DELIVERIES, "scheduled_of_except")?,
-                        &[&pid_of(pid)?, &id],
+                        &[&pid_of(pid)?, &id, &floor(now)],
                     )?;
                     change_rows(tx, others, |d| on_operation(Operation::Pause, now, d))?;
                 }
@@ -1187,10 +1193,10 @@ impl Store for PostgresStore {
     ) -> Result<bool, StoreError> {
         let text = key.to_text();
         let done = self.read(|tx| {
-            // Not interrupted: the claim is as if it never happened.
+            // Not interrupted. No NOTIFY: the claimant that gave it back (its host is full, or it
+            // is stopping) would only be woken to take it again.
             let n = tx.execute(q(DELIVERIES, "unclaim")?, &[&text, &token.0, &ceil(now)])?;
             if n == 1 {
-                wake(tx)?;
                 return Ok(Some(true));
             }
             let known = tx.query_opt(q(DELIVERIES, "exists")?, &[&text])?.is_some();

@@ -14,6 +14,10 @@ SELECT 1 FROM deliveries WHERE key = $1;
 WITH due AS MATERIALIZED (
     SELECT id, due_at FROM deliveries
     WHERE status = 'scheduled' AND due_at <= $1
+      -- A postback that is off has nothing claimed: a delivery left scheduled for it (out under
+      -- a lease when it went off) waits until it is on again.
+      AND (purpose = 'test'
+           OR postback IN (SELECT id FROM postbacks WHERE status = 'active'))
     ORDER BY due_at, id
     LIMIT $2
     FOR UPDATE SKIP LOCKED
@@ -50,19 +54,24 @@ WHERE id = $1 AND claims = $2;
 
 -- name: unclaim
 UPDATE deliveries
-SET settled = claims, due_at = CASE WHEN status = 'scheduled' THEN $3::bigint END
+-- This claim only: earlier interrupted ones stay to be recorded by the next claimant.
+SET settled = settled + 1, due_at = CASE WHEN status = 'scheduled' THEN $3::bigint END
 WHERE key = $1 AND claims = $2;
 
 -- name: unfinished_of
 -- What a management operation may change: a postback's deliveries not yet finished.
+-- A pause ($2) leaves what is out under a live lease to its claimant, whose completion holds it.
 SELECT id, attempts_written, state::text FROM deliveries
 WHERE postback = $1 AND status IN ('scheduled', 'held')
+  AND NOT ($2::boolean AND claims > settled AND due_at > $3::bigint)
 ORDER BY id
 FOR UPDATE;
 
 -- name: scheduled_of_except
 SELECT id, attempts_written, state::text FROM deliveries
 WHERE postback = $1 AND status = 'scheduled' AND id <> $2
+  -- What is out under a live lease is held by its own completion (the postback is off by then).
+  AND NOT (claims > settled AND due_at > $3::bigint)
 ORDER BY id
 FOR UPDATE;
 
