@@ -307,6 +307,10 @@ const CURRENCY: u8 = 4;
 const MONEY: u8 = 8;
 /// The macro stands in the `#fragment`, which a browser keeps and a server never receives.
 const FRAGMENT: u8 = 16;
+/// The macro needs a check at expansion (money, currency, dot segment, a click id the rule
+/// counts, or an empty value refused); set when the template is compiled, so that the others
+/// take the plain path.
+const CHECKED: u8 = 32;
 
 /// Which HTML element a pixel postback is rendered as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -503,6 +507,16 @@ impl Template {
             Context::Html => compile_html(&items, catalog),
         };
         lits.push_str(PAD);
+        let mut segs = segs;
+        for seg in &mut segs {
+            let click = options.require_click_id && seg.flags & (CLICK_ID | FRAGMENT) == CLICK_ID;
+            if click
+                || seg.flags & (DOT_CHECK | CURRENCY | MONEY) != 0
+                || options.empty == EmptyPolicy::Refuse
+            {
+                seg.flags |= CHECKED;
+            }
+        }
         t.lits = lits.into_boxed_str();
         t.segs = segs.into_boxed_slice();
         t.origin_len = t.find_origin().len();
@@ -679,6 +693,12 @@ impl Template {
             let end = seg.lit_end as usize;
             push_literal(out, lits, start, end);
             start = end;
+            if seg.flags & CHECKED == 0 {
+                if let Some(v) = values.value(seg.mac) {
+                    write_plain(out, v, seg.pos);
+                }
+                continue;
+            }
             let before = out.len();
             if let Some(v) = values.value(seg.mac) {
                 if !Self::write_value(out, v, seg) {
@@ -739,14 +759,7 @@ impl Template {
     #[inline(always)]
     fn write_value(out: &mut String, v: Value<'_>, seg: &Seg) -> bool {
         if seg.flags & (CURRENCY | MONEY) == 0 {
-            match v {
-                Value::Text(s) => encode::encode_into(out, s, seg.pos),
-                Value::Encoded(e) => out.push_str(e.as_str()),
-                Value::Int(n) => Amount::new(n, 0).write_to(out),
-                Value::Amount(a) => a.write_to(out),
-                Value::Currency(c) => c.write_to(out),
-                Value::Time(t) => Amount::new(t.timestamp(), 0).write_to(out),
-            }
+            write_plain(out, v, seg.pos);
             return true;
         }
         if seg.flags & CURRENCY != 0 {
@@ -908,6 +921,19 @@ impl Template {
             + self.segs.len() * std::mem::size_of::<Seg>()
             + self.custom.iter().map(|(n, _)| n.len() + 24).sum::<usize>()
             + self.lints.len() * std::mem::size_of::<Lint>()
+    }
+}
+
+/// Write a value of a macro that needs no check.
+#[inline(always)]
+fn write_plain(out: &mut String, v: Value<'_>, pos: Position) {
+    match v {
+        Value::Text(s) => encode::encode_into(out, s, pos),
+        Value::Encoded(e) => out.push_str(e.as_str()),
+        Value::Int(n) => Amount::new(n, 0).write_to(out),
+        Value::Amount(a) => a.write_to(out),
+        Value::Currency(c) => c.write_to(out),
+        Value::Time(t) => Amount::new(t.timestamp(), 0).write_to(out),
     }
 }
 

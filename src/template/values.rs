@@ -236,10 +236,68 @@ impl From<DateTime<Utc>> for OwnedValue {
     }
 }
 
-/// A ready [`MacroValues`]: values by macro, owned. Serializes as a map from macro id to value.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// A ready [`MacroValues`]: values by macro, owned. Serializes as `{"values": {id: value}}`.
+///
+/// Built-in macros (ids below [`DENSE`]) are held in a slot per id, so expansion finds a value
+/// with one index and no hash; a network's own macros are in a map.
+#[derive(Debug, Clone, Default)]
 pub struct ValueMap {
+    /// Slot `i` holds the value of the macro with id `i`; no trailing empty slots.
+    dense: Vec<Option<OwnedValue>>,
+    /// Every other macro.
+    sparse: IdMap<Macro, OwnedValue>,
+}
+
+/// Ids below this have a slot: every built-in macro.
+const DENSE: usize = 128;
+
+impl PartialEq for ValueMap {
+    fn eq(&self, other: &ValueMap) -> bool {
+        // Slots are trimmed on removal, so equal maps have equal slots.
+        self.dense == other.dense && self.sparse == other.sparse
+    }
+}
+
+impl Eq for ValueMap {}
+
+/// The serialized form, as it was when the map was one `HashMap` field.
+#[derive(Serialize)]
+#[serde(rename = "ValueMap")]
+struct ValueMapRef<'a> {
+    values: Pairs<'a>,
+}
+
+struct Pairs<'a>(&'a ValueMap);
+
+impl Serialize for Pairs<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename = "ValueMap")]
+struct ValueMapOwned {
     values: IdMap<Macro, OwnedValue>,
+}
+
+impl Serialize for ValueMap {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        ValueMapRef {
+            values: Pairs(self),
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for ValueMap {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut map = ValueMap::new();
+        for (m, v) in ValueMapOwned::deserialize(d)?.values {
+            map.set(m, v);
+        }
+        Ok(map)
+    }
 }
 
 /// A name given to [`ValueMap::set_named`] that the catalogue does not know.
@@ -267,7 +325,16 @@ impl ValueMap {
 
     /// Set a value.
     pub fn set(&mut self, m: Macro, v: impl Into<OwnedValue>) -> &mut ValueMap {
-        self.values.insert(m, v.into());
+        let v = v.into();
+        let i = usize::from(m.id());
+        if i < DENSE {
+            if self.dense.len() <= i {
+                self.dense.resize(i + 1, None);
+            }
+            self.dense[i] = Some(v);
+        } else {
+            self.sparse.insert(m, v);
+        }
         self
     }
 
@@ -288,21 +355,45 @@ impl ValueMap {
     }
 
     /// The value of `m`.
+    #[inline]
     pub fn get(&self, m: Macro) -> Option<&OwnedValue> {
-        self.values.get(&m)
+        let i = usize::from(m.id());
+        if i < DENSE {
+            self.dense.get(i)?.as_ref()
+        } else {
+            self.sparse.get(&m)
+        }
     }
 
     /// Remove a value.
     pub fn remove(&mut self, m: Macro) -> Option<OwnedValue> {
-        self.values.remove(&m)
+        let i = usize::from(m.id());
+        if i >= DENSE {
+            return self.sparse.remove(&m);
+        }
+        let v = self.dense.get_mut(i)?.take();
+        while self.dense.last().is_some_and(Option::is_none) {
+            self.dense.pop();
+        }
+        v
+    }
+
+    /// Every value with its macro: slots in id order, then the others.
+    fn iter(&self) -> impl Iterator<Item = (Macro, &OwnedValue)> {
+        self.dense
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| Some((Macro::from_id(i as u16), v.as_ref()?)))
+            .chain(self.sparse.iter().map(|(m, v)| (*m, v)))
     }
 }
 
 impl MacroValues for ValueMap {
+    #[inline]
     fn value(&self, m: Macro) -> Option<Value<'_>> {
-        let v = self.values.get(&m).or_else(|| match m {
+        let v = self.get(m).or_else(|| match m {
             // One value serves both spellings of the payout.
-            Macro::PAYOUT_AMOUNT => self.values.get(&Macro::PAYOUT),
+            Macro::PAYOUT_AMOUNT => self.get(Macro::PAYOUT),
             _ => None,
         });
         v.map(OwnedValue::as_value)
@@ -311,10 +402,9 @@ impl MacroValues for ValueMap {
     fn to_stored(&self, _extra: &[Macro]) -> StoredValues {
         // Every value of the map, custom macros included, without probing the catalogue.
         StoredValues::from_pairs(
-            self.values
-                .iter()
-                .filter(|(m, _)| **m != Macro::DELIVERY_ID)
-                .map(|(m, v)| (*m, v.as_value())),
+            self.iter()
+                .filter(|(m, _)| *m != Macro::DELIVERY_ID)
+                .map(|(m, v)| (m, v.as_value())),
         )
     }
 }
@@ -613,6 +703,35 @@ mod tests {
         let json = serde_json::to_string(&stored).unwrap();
         assert_eq!(serde_json::from_str::<StoredValues>(&json).unwrap(), stored);
         assert!(!format!("{stored:?}").contains("a b&c"));
+    }
+
+    #[test]
+    fn value_map_keeps_its_serialized_form_and_equality() {
+        let custom = Macro::from_id(1030);
+        let mut map = ValueMap::new()
+            .with(Macro::SUB1, "a")
+            .with(Macro::PAYOUT, Amount::new(150, 2))
+            .with(custom, "c");
+        let json = serde_json::to_value(&map).unwrap();
+        let expected = serde_json::json!({"values": {
+            Macro::SUB1.id().to_string(): {"type": "text", "value": "a"},
+            Macro::PAYOUT.id().to_string(): {"type": "amount", "value": {"units": 150, "scale": 2}},
+            "1030": {"type": "text", "value": "c"},
+        }});
+        assert_eq!(json, expected);
+        assert_eq!(serde_json::from_value::<ValueMap>(json).unwrap(), map);
+        assert_eq!(map.get(custom), Some(&OwnedValue::from("c")));
+        // Removing the highest slot compares equal to never having set it.
+        map.set(Macro::EVENT_ID, 7);
+        assert_eq!(map.remove(Macro::EVENT_ID), Some(OwnedValue::Int(7)));
+        assert_eq!(map.remove(Macro::EVENT_ID), None);
+        assert_eq!(
+            map,
+            ValueMap::new()
+                .with(custom, "c")
+                .with(Macro::PAYOUT, Amount::new(150, 2))
+                .with(Macro::SUB1, "a")
+        );
     }
 
     #[test]
