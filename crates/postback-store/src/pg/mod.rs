@@ -521,6 +521,7 @@ impl PostgresStore {
         &self,
         tx: &mut Tx<'_>,
         local: &mut Option<(i64, Registry)>,
+        batch: &mut Batch,
         now: DateTime<Utc>,
         token: Token,
         mut delivery: Delivery,
@@ -541,20 +542,25 @@ impl PostgresStore {
         }
         // Read under the postback's lock: a disable committed by another process is seen;
         // one earlier in this transaction is in `local`.
-        let registry = match local {
-            Some((_, r)) => Arc::new(r.clone()),
-            None => self.registry_in(tx, false)?,
+        // Read once per batch, once every postback's lock is held.
+        let pb = match (&*local, &batch.registry) {
+            (Some((_, r)), _) => r.get(pid).cloned(),
+            (None, Some(r)) => r.get(pid).cloned(),
+            (None, None) => {
+                let r = self.registry_in(tx, false)?;
+                let pb = r.get(pid).cloned();
+                batch.registry = Some(r);
+                pb
+            }
         };
-        let pb = registry.get(pid).cloned();
-        let mut health = health_of(tx, pid, true)?.unwrap_or_default();
-        let outcome = apply::complete(
-            now,
-            &mut delivery,
-            progress,
-            pb.as_ref(),
-            &mut health,
-            disable,
-        );
+        // A postback's health is read (locked) once per batch and written once, at its end.
+        let (health, dirty) = match batch.health.entry(pid) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert((health_of(tx, pid, true)?.unwrap_or_default(), false))
+            }
+        };
+        let outcome = apply::complete(now, &mut delivery, progress, pb.as_ref(), health, disable);
         let p = project(&delivery, delivery.due())?;
         let n = tx.execute(
             q(DELIVERIES, "complete")?,
@@ -573,7 +579,7 @@ impl PostgresStore {
         }
         write_attempts(tx, &delivery, count(written))?;
         if pb.is_some() && !delivery.is_test() {
-            health_put(tx, pid, &health)?;
+            *dirty = true;
         }
         let mut disabled = false;
         if let Some(reason) = outcome.disable {
@@ -930,6 +936,26 @@ fn wake(tx: &mut Tx<'_>) -> Result<(), Fail> {
     Ok(())
 }
 
+/// What a batch of completions reads once: the registry (under every postback's lock) and each
+/// postback's health (locked), written back once when the batch ends.
+#[derive(Default)]
+struct Batch {
+    registry: Option<Arc<Registry>>,
+    health: HashMap<PostbackId, (Health, bool)>,
+}
+
+impl Batch {
+    /// Write every health the batch changed.
+    fn flush(&mut self, tx: &mut Tx<'_>) -> Result<(), Fail> {
+        for (pid, (h, dirty)) in &self.health {
+            if *dirty {
+                health_put(tx, *pid, h)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Take the postback's lock until the transaction ends (see `sql/health.sql`).
 fn lock_postback(tx: &mut Tx<'_>, p: PostbackId) -> Result<(), Fail> {
     tx.execute(q(HEALTH, "lock")?, &[&lock_key(p)])?;
@@ -1257,15 +1283,18 @@ impl Store for PostgresStore {
             // and a management operation on it wait here, holding no row.
             lock_postback(tx, pid)?;
             let mut local = None;
+            let mut batch = Batch::default();
             let c = self.complete_in(
                 tx,
                 &mut local,
+                &mut batch,
                 now,
                 token,
                 delivery.clone(),
                 progress,
                 disable,
             )?;
+            batch.flush(tx)?;
             Ok((c, local))
         })
     }
@@ -1291,11 +1320,13 @@ impl Store for PostgresStore {
             lock_postbacks(tx, &locks)?;
             // The registry as this transaction changed it (a disable earlier in the batch).
             let mut local = None;
+            let mut read = Batch::default();
             let mut out = Vec::with_capacity(batch.len());
             for (token, delivery, progress) in &batch {
                 out.push(self.complete_in(
                     tx,
                     &mut local,
+                    &mut read,
                     now,
                     *token,
                     delivery.clone(),
@@ -1303,6 +1334,7 @@ impl Store for PostgresStore {
                     disable,
                 )?);
             }
+            read.flush(tx)?;
             Ok((out, local))
         })
     }
