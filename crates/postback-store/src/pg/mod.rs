@@ -1183,17 +1183,26 @@ impl Store for PostgresStore {
             return Ok(Vec::new());
         }
         // One transaction, one registry read, one wake-up. Enqueueing takes no postback lock;
-        // two batches racing for the same key either wait on its insert and fail as a
-        // duplicate, or (inserting two keys in opposite orders) are aborted as a deadlock: both
-        // run the whole batch again, and find the other's keys duplicates.
+        // the triggers are planned in the order of their keys (stable: a repeat stays after the
+        // first), the same order in every batch of every process, so a batch only ever waits
+        // for another's insert of a key it reaches later: no deadlock, however batches overlap.
+        // It then fails as a duplicate and runs again, finding the other's keys stored.
+        let mut order: Vec<(String, usize)> = batch
+            .iter()
+            .enumerate()
+            .map(|(i, (t, _))| (t.key(PostbackId::new(1)).to_text(), i))
+            .collect();
+        order.sort();
         self.transaction(|tx| {
             let registry = self.registry_in(tx, false)?;
-            let mut outs = Vec::with_capacity(batch.len());
-            for (trigger, values) in batch {
+            let mut outs: Vec<Option<Enqueued>> = vec![None; batch.len()];
+            for (_, i) in &order {
+                let (trigger, values) = &batch[*i];
                 // Also a key inserted earlier in this batch: the same trigger twice in one batch
                 // inserts once.
-                outs.push(plan_in(tx, &registry, now, trigger, *values, rules)?);
+                outs[*i] = Some(plan_in(tx, &registry, now, trigger, *values, rules)?);
             }
+            let outs: Vec<Enqueued> = outs.into_iter().flatten().collect();
             if outs.iter().any(|o| !o.created.is_empty()) {
                 wake(tx)?;
             }
@@ -1330,7 +1339,7 @@ impl Store for PostgresStore {
                     now,
                     *token,
                     delivery.clone(),
-                    progress.clone(),
+                    *progress,
                     disable,
                 )?);
             }
