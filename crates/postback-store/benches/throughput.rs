@@ -2,6 +2,10 @@
 //! transaction each), claimed, sent through postback-http's reqwest transport, completed (one
 //! fenced transaction each), against the bare reqwest client sending the same 10,000 requests,
 //! URLs prebuilt, with the same 64 in flight. Both in the same run, so the figure is a ratio.
+//! With `POSTBACK_PG_URL` (and feature `postgres`), the same through 1, 2 and 4 Workers on
+//! PostgreSQL in the same run: one process, each Worker with its own store (its own connection
+//! pool and LISTEN connection) and its own transport, as separate processes would have; the
+//! conversions spread over their handles.
 //! The hand-written glue the issue quotes (an axum service persisting to SQLite by hand) did
 //! about 2,400 conversions per second on this kind of machine.
 #![allow(missing_docs)]
@@ -52,10 +56,7 @@ async fn bare(client: &reqwest::Client, urls: &Arc<Vec<String>>) {
     }
 }
 
-/// Ours: a fresh store file, the postback, `N` conversions through the handle, until delivered.
-async fn ours(dir: &std::path::Path, url: &str, run: u32) -> Duration {
-    let path = dir.join(format!("run-{run}.sqlite"));
-    let store = Arc::new(SqliteStore::open(&path).expect("open"));
+fn create_postback<S: Store>(store: &S, url: &str) {
     let pb = Postback::builder(PostbackId::new(1))
         .partner(PARTNER)
         .url(url)
@@ -69,22 +70,37 @@ async fn ours(dir: &std::path::Path, url: &str, run: u32) -> Duration {
             &Settings::default(),
         )
         .expect("create");
-    // As many pooled connections as requests in flight, as the bare client keeps.
-    let config = Config::new(NetPolicy::default().allow_loopback())
-        .max_connections_per_host(IN_FLIGHT)
-        .idle_per_host(IN_FLIGHT);
-    let transport = ReqwestTransport::new(config).expect("transport");
-    let config = WorkerConfig::new()
-        .rules(Rules::default())
-        .max_concurrency(IN_FLIGHT)
-        .max_per_host(IN_FLIGHT)
-        .batch_size(IN_FLIGHT);
+}
+
+/// Ours: one Worker per store given (each its own transport, as separate processes would
+/// have), `N` conversions through their handles from 8 request handlers, until delivered.
+async fn workers<S: Store>(stores: Vec<Arc<S>>) -> Duration {
     let start = Instant::now();
-    let w: WorkerHandle = Worker::new(store, transport, SystemClock, config).start();
-    // Conversions arrive from 8 request handlers at once, as in a web service.
+    let handles: Vec<WorkerHandle> = stores
+        .iter()
+        .enumerate()
+        .map(|(i, store)| {
+            // Connection reuse as the bare client's: up to 64 per host, all kept idle.
+            let transport = ReqwestTransport::new(
+                Config::new(NetPolicy::default().allow_loopback())
+                    .max_connections_per_host(IN_FLIGHT)
+                    .idle_per_host(IN_FLIGHT),
+            )
+            .expect("transport");
+            let config = WorkerConfig::new()
+                .rules(Rules::default())
+                .owner(format!("bench-{i}"))
+                .max_concurrency(IN_FLIGHT)
+                .max_per_host(IN_FLIGHT)
+                .batch_size(IN_FLIGHT);
+            Worker::new(Arc::clone(store), transport, SystemClock, config).start()
+        })
+        .collect();
+    // Conversions arrive from 8 request handlers at once, as in a web service, spread over the
+    // workers' handles.
     let mut set = JoinSet::new();
     for part in 0..8u64 {
-        let w = w.clone();
+        let w = handles[part as usize % handles.len()].clone();
         set.spawn(async move {
             for i in (part..N).step_by(8) {
                 let v = ValueMap::new().with(Macro::SUB1, format!("click-{i}").as_str());
@@ -97,20 +113,74 @@ async fn ours(dir: &std::path::Path, url: &str, run: u32) -> Duration {
     while let Some(r) = set.join_next().await {
         r.expect("no panic");
     }
-    // The worker's own counters: asking the store would compete with the work measured.
+    // The workers' own counters: asking the store would compete with the work measured.
     loop {
-        let s = w.stats();
-        if s.delivered == N {
+        let mut delivered = 0;
+        for w in &handles {
+            let s = w.stats();
+            assert_eq!(s.gave_up + s.held + s.store_errors, 0, "nothing fails here");
+            delivered += s.delivered;
+        }
+        if delivered >= N {
             break;
         }
-        assert_eq!(s.gave_up + s.held + s.store_errors, 0, "nothing fails here");
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    let c = w.counts().await.expect("counts");
-    assert_eq!(c.delivered, N, "the store agrees");
     let took = start.elapsed();
-    w.shutdown(Duration::from_secs(5)).await;
+    let c = handles[0].counts().await.expect("counts");
+    assert_eq!(c.delivered, N, "the store agrees");
+    for w in handles {
+        w.shutdown(Duration::from_secs(5)).await;
+    }
+    took
+}
+
+/// Ours on SQLite: a fresh store file.
+async fn ours(dir: &std::path::Path, url: &str, run: u32) -> Duration {
+    let path = dir.join(format!("run-{run}.sqlite"));
+    let store = Arc::new(SqliteStore::open(&path).expect("open"));
+    create_postback(&*store, url);
+    let took = workers(vec![store]).await;
     let _ = std::fs::remove_file(&path);
+    took
+}
+
+/// Ours on PostgreSQL: `n` stores (each its own pool, as `n` processes) over a fresh schema,
+/// dropped after.
+#[cfg(feature = "postgres")]
+async fn ours_pg(pg: &str, url: &str, n: usize, run: u32) -> Duration {
+    use postback_store::PostgresStore;
+    let schema = format!("pb_bench_tp_{}_{run}_{n}", std::process::id());
+    // Set up off the runtime: the blocking client cannot be used on it.
+    let (pg_url, name, target) = (pg.to_owned(), schema.clone(), url.to_owned());
+    let stores: Vec<Arc<PostgresStore>> = tokio::task::spawn_blocking(move || {
+        let stores: Vec<_> = (0..n)
+            .map(|_| {
+                Arc::new(
+                    PostgresStore::builder(pg_url.as_str())
+                        .schema(name.as_str())
+                        .open()
+                        .expect("open"),
+                )
+            })
+            .collect();
+        create_postback(&*stores[0], &target);
+        stores
+    })
+    .await
+    .expect("set up");
+    let took = workers(stores).await;
+    let pg = pg.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut client =
+            postback_store::postgres::Client::connect(&pg, postback_store::postgres::NoTls)
+                .expect("connect");
+        client
+            .batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+            .expect("drop");
+    })
+    .await
+    .expect("dropped");
     took
 }
 
@@ -132,7 +202,10 @@ fn bench(c: &mut Criterion) {
             })
             .collect(),
     );
-    let client = reqwest::Client::new();
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(IN_FLIGHT)
+        .build()
+        .expect("a client");
     let dir = tempfile::tempdir().expect("a temp dir");
     let mut g = c.benchmark_group("10k_conversions_end_to_end");
     g.sample_size(10);
@@ -157,6 +230,26 @@ fn bench(c: &mut Criterion) {
                 .sum()
         })
     });
+    #[cfg(feature = "postgres")]
+    match std::env::var("POSTBACK_PG_URL") {
+        Ok(pg) => {
+            for n in [1usize, 2, 4] {
+                let name =
+                    format!("{n} Worker(s) on PostgreSQL over postback-http, 64 in flight each");
+                g.bench_function(name, |b| {
+                    b.iter_custom(|iters| {
+                        (0..iters)
+                            .map(|_| {
+                                run += 1;
+                                rt.block_on(ours_pg(&pg, &url, n, run))
+                            })
+                            .sum()
+                    })
+                });
+            }
+        }
+        Err(_) => eprintln!("the PostgreSQL cases skipped: set POSTBACK_PG_URL to run them"),
+    }
     g.finish();
 }
 

@@ -41,4 +41,4 @@ pub use store::{
     Claimed, Completion, Counts, Enqueued, Filter, Manage, Managed, Notification, Replay, Rules,
     Store, StoreError, Token,
 };
-pub use worker::{NotificationSink, Worker, WorkerConfig};
+pub use worker::{ConfigError, NotificationSink, Worker, WorkerConfig};

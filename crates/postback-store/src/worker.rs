@@ -68,6 +68,23 @@ impl fmt::Debug for NotificationSink {
     }
 }
 
+/// A [`WorkerConfig`] that does not fit its transport: [`WorkerConfig::check`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The lease is not longer than twice the transport's timeout: a request may outlive its
+    /// lease and the delivery be sent again by another worker meanwhile.
+    #[error(
+        "the lease ({lease:?}) must be longer than twice the transport timeout ({transport_timeout:?}): a delivery is sent with as little as half its lease left, so a request may outlive the lease and be sent twice"
+    )]
+    LeaseTooShort {
+        /// The configured lease.
+        lease: Duration,
+        /// The transport's timeout it was checked against.
+        transport_timeout: Duration,
+    },
+}
+
 /// How a [`Worker`] runs. Configuration, not state: a worker started again with another policy
 /// uses the new one for every delivery, old or new.
 #[derive(Debug, Clone)]
@@ -82,8 +99,9 @@ pub struct WorkerConfig {
     /// The limits triggers are planned with and the idempotency header (default
     /// [`Rules::default`]).
     pub rules: Rules,
-    /// How long a claim holds a delivery (default 5 minutes): longer than any request can take.
-    /// A delivery whose claimant dies is sent again once its lease ends.
+    /// How long a claim holds a delivery (default 5 minutes): longer than any request can take,
+    /// more than twice the transport's timeout ([`WorkerConfig::check`] says if not). A
+    /// delivery whose claimant dies is sent again once its lease ends.
     pub lease: Duration,
     /// The most deliveries claimed at once (default 32).
     pub batch_size: usize,
@@ -200,6 +218,34 @@ impl WorkerConfig {
     pub fn notifications(mut self, sink: NotificationSink) -> Self {
         self.notifications = Some(sink);
         self
+    }
+
+    /// Check the lease against the transport's timeout (say postback-http's
+    /// `Config::timeout`, 10 s by default): the lease must be longer than twice it. A claimed
+    /// delivery is sent only while at least half its lease is left, so a request that can take
+    /// up to the timeout then ends before the lease does; with a shorter lease it may outlive
+    /// it, and another worker may send the delivery again meanwhile (same key, but twice).
+    /// Call it where the Worker is built, with the timeout its transport was given:
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// use postback_store::{ConfigError, WorkerConfig};
+    /// let config = WorkerConfig::new().lease(Duration::from_secs(15));
+    /// assert!(matches!(
+    ///     config.check(Duration::from_secs(10)),
+    ///     Err(ConfigError::LeaseTooShort { .. })
+    /// ));
+    /// assert!(WorkerConfig::new().check(Duration::from_secs(10)).is_ok());
+    /// ```
+    pub fn check(&self, transport_timeout: Duration) -> Result<(), ConfigError> {
+        if self.lease > transport_timeout.saturating_mul(2) {
+            Ok(())
+        } else {
+            Err(ConfigError::LeaseTooShort {
+                lease: self.lease,
+                transport_timeout,
+            })
+        }
     }
 
     /// The poll interval as used: at most half the lease, at least 1 ms.

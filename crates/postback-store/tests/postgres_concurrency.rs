@@ -418,3 +418,158 @@ fn a_trigger_stored_in_the_callers_transaction_commits_or_rolls_back_with_it() {
     drop(stores);
     support::drop_schemas(&url, &[schema]);
 }
+
+const PB2: PostbackId = PostbackId::new(2);
+
+#[test]
+fn batches_of_completions_over_two_postbacks_from_several_stores_take_locks_in_one_order() {
+    let Some(url) = support::url("batches_of_completions_over_two_postbacks") else {
+        return;
+    };
+    let (schema, stores) = stores(&url, 4);
+    let second = ok(
+        Postback::builder(PB2)
+            .partner(PARTNER)
+            .url("https://partner.example/pb2?cid={sub1}")
+            .build(),
+        "the second postback",
+    );
+    ok(
+        stores[0].postback_manage(
+            t0(),
+            manager(),
+            Manage::Create(second),
+            &Settings::default(),
+        ),
+        "creating the second postback",
+    );
+    for i in 0..150 {
+        convert(&stores[0], i);
+    }
+    let start = Arc::new(Barrier::new(stores.len()));
+    let threads: Vec<_> = stores
+        .iter()
+        .enumerate()
+        .map(|(n, s)| {
+            let (s, start) = (Arc::clone(s), Arc::clone(&start));
+            std::thread::spawn(move || {
+                start.wait();
+                let mut disabled = 0;
+                loop {
+                    let claimed = ok(
+                        s.deliveries_claim(t0(), &format!("w{n}"), 16, LEASE),
+                        "a claim",
+                    );
+                    if claimed.is_empty() {
+                        return disabled;
+                    }
+                    // Every batch holds both postbacks, half of them in the other order: the
+                    // locks are taken sorted whatever the batch's order, so no deadlock.
+                    let mut batch: Vec<_> = claimed
+                        .iter()
+                        .map(|c| {
+                            let (d, p) = answer(c, t0() + secs(1), 500);
+                            (c.token, d, p)
+                        })
+                        .collect();
+                    batch.sort_by_key(|(_, d, _)| d.postback());
+                    if n % 2 == 1 {
+                        batch.reverse();
+                    }
+                    let done = ok(
+                        s.deliveries_complete(t0() + secs(1), batch, &three_failures()),
+                        "a batch of completions",
+                    );
+                    assert_eq!(done.len(), claimed.len(), "one completion per item");
+                    disabled += done
+                        .iter()
+                        .filter(|c| matches!(c, Completion::Completed { disabled: true, .. }))
+                        .count();
+                }
+            })
+        })
+        .collect();
+    let disabled: usize = threads
+        .into_iter()
+        .map(|t| t.join().unwrap_or_else(|_| panic!("a completer panicked")))
+        .sum();
+    assert_eq!(disabled, 2, "each postback disabled once, by one batch");
+    assert_eq!(
+        ok(stores[3].notifications_pending(), "notifications").len(),
+        2,
+        "one notification per postback"
+    );
+    for pb in [PB, PB2] {
+        assert_eq!(
+            ok(stores[2].deliveries_of(pb, Filter::Held, 1000), "held").len(),
+            150,
+            "every delivery of postback {pb} is held"
+        );
+    }
+    drop(stores);
+    support::drop_schemas(&url, &[schema]);
+}
+
+#[test]
+fn overlapping_batches_of_triggers_from_several_stores_create_each_delivery_once() {
+    let Some(url) = support::url("overlapping_batches_of_triggers") else {
+        return;
+    };
+    let (schema, stores) = stores(&url, 4);
+    let start = Arc::new(Barrier::new(stores.len()));
+    let threads: Vec<_> = stores
+        .iter()
+        .enumerate()
+        .map(|(n, s)| {
+            let (s, start) = (Arc::clone(s), Arc::clone(&start));
+            std::thread::spawn(move || {
+                // Every store stores the same 200 triggers in batches of 25, half in reverse.
+                let mut ids: Vec<u64> = (0..200).collect();
+                if n % 2 == 1 {
+                    ids.reverse();
+                }
+                let values: Vec<_> = ids
+                    .iter()
+                    .map(|i| ValueMap::new().with(Macro::SUB1, format!("click-{i}")))
+                    .collect();
+                start.wait();
+                let mut created = Vec::new();
+                for (ids, values) in ids.chunks(25).zip(values.chunks(25)) {
+                    let batch: Vec<(Trigger, &dyn postback::template::MacroValues)> = ids
+                        .iter()
+                        .zip(values)
+                        .map(|(i, v)| {
+                            (
+                                Trigger::conversion(*i, PARTNER, OfferId::new(42)),
+                                v as &dyn postback::template::MacroValues,
+                            )
+                        })
+                        .collect();
+                    let out = ok(
+                        s.triggers_enqueue(t0(), &batch, &Rules::default()),
+                        "a batch of triggers",
+                    );
+                    assert_eq!(out.len(), batch.len());
+                    for e in out {
+                        assert_eq!(e.created.len() + e.duplicates.len(), 1);
+                        created.extend(e.created);
+                    }
+                }
+                created
+            })
+        })
+        .collect();
+    let created: Vec<_> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap_or_else(|_| panic!("an enqueuer panicked")))
+        .collect();
+    let unique: HashSet<_> = created.iter().collect();
+    assert_eq!(
+        (created.len(), unique.len()),
+        (200, 200),
+        "each delivery created once across the stores"
+    );
+    assert_eq!(ok(stores[1].deliveries_count(), "counts").pending, 200);
+    drop(stores);
+    support::drop_schemas(&url, &[schema]);
+}

@@ -439,3 +439,30 @@ async fn the_per_host_cap_holds() {
     assert_eq!(rx.count(), 10, "each sent once");
     h.shutdown(Duration::from_secs(1)).await;
 }
+
+#[test]
+fn a_lease_not_longer_than_twice_the_transport_timeout_is_reported() {
+    let http = Config::new(NetPolicy::default());
+    // The defaults fit: a 5 minute lease over a 10 s timeout.
+    assert_eq!(WorkerConfig::new().check(http.timeout), Ok(()));
+    for lease in [http.timeout, http.timeout * 3 / 2, http.timeout * 2] {
+        let config = WorkerConfig::new().lease(lease);
+        let err = config.check(http.timeout);
+        assert_eq!(
+            err,
+            Err(postback_store::ConfigError::LeaseTooShort {
+                lease,
+                transport_timeout: http.timeout,
+            }),
+            "a lease of {lease:?}"
+        );
+        let said = err.map_err(|e| e.to_string()).err().unwrap_or_default();
+        assert!(said.contains("twice the transport timeout"), "{said}");
+    }
+    assert_eq!(
+        WorkerConfig::new()
+            .lease(http.timeout * 2 + Duration::from_millis(1))
+            .check(http.timeout),
+        Ok(())
+    );
+}

@@ -505,33 +505,134 @@ impl PostgresStore {
         values: &dyn MacroValues,
         rules: &Rules,
     ) -> Result<Enqueued, Fail> {
-        let exists = q(DELIVERIES, "exists")?;
         let registry = self.registry_in(tx, false)?;
-        let cell = RefCell::new(&mut *tx);
-        let (out, new) = apply::enqueue(
-            &registry,
-            now,
-            trigger,
-            values,
-            rules,
-            |k| {
-                let found = cell
-                    .borrow_mut()
-                    .query_opt(exists, &[&k.to_text()])
-                    .map_err(Fail::into_store)?;
-                Ok(found.is_some())
-            },
-            || next_delivery_id(&mut cell.borrow_mut()).map_err(Fail::into_store),
-        )?;
-        // A key inserted meanwhile by another process fails the insert with a unique
-        // violation: the transaction runs again and finds it a duplicate.
-        for d in &new {
-            insert_delivery(tx, d)?;
-        }
+        let out = plan_in(tx, &registry, now, trigger, values, rules)?;
         if !out.created.is_empty() {
             wake(tx)?;
         }
         Ok(out)
+    }
+
+    /// Complete one claimed delivery in `tx`, fenced by `token`, its postback's lock already
+    /// held. `local` is the registry as this transaction wrote it, if it did (a disable): read
+    /// from it, not the cache, which must not see what may yet roll back; a disable here sets it.
+    #[allow(clippy::too_many_arguments)]
+    fn complete_in(
+        &self,
+        tx: &mut Tx<'_>,
+        local: &mut Option<(i64, Registry)>,
+        batch: &mut Batch,
+        now: DateTime<Utc>,
+        token: Token,
+        mut delivery: Delivery,
+        progress: Progress,
+        disable: &DisablePolicy,
+    ) -> Result<Completion, Fail> {
+        let key = *delivery.key();
+        let pid = key.postback();
+        let text = key.to_text();
+        // Gone (pruned after another claimant finished it): this claim was lost long ago.
+        let Some(fence) = tx.query_opt(q(DELIVERIES, "fence")?, &[&text])? else {
+            return Ok(Completion::LeaseLost);
+        };
+        let id: i64 = fence.try_get(0)?;
+        let claims: i64 = fence.try_get(1)?;
+        let written: i64 = fence.try_get(2)?;
+        if claims != token.0 {
+            return Ok(Completion::LeaseLost);
+        }
+        // Read under the postback's lock: a disable committed by another process is seen;
+        // one earlier in this transaction is in `local`.
+        // Read once per batch, once every postback's lock is held.
+        let pb = match (&*local, &batch.registry) {
+            (Some((_, r)), _) => r.get(pid).cloned(),
+            (None, Some(r)) => r.get(pid).cloned(),
+            (None, None) => {
+                let r = self.registry_in(tx, false)?;
+                let pb = r.get(pid).cloned();
+                batch.registry = Some(r);
+                pb
+            }
+        };
+        // A postback's health is read (locked) once per batch and written once, at its end.
+        let (health, dirty) = match batch.health.entry(pid) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert((health_of(tx, pid, true)?.unwrap_or_default(), false))
+            }
+        };
+        let outcome = apply::complete(now, &mut delivery, progress, pb.as_ref(), health, disable);
+        let p = project(&delivery, delivery.due())?;
+        let n = tx.execute(
+            q(DELIVERIES, "complete")?,
+            &[
+                &id,
+                &token.0,
+                &p.state,
+                &p.status,
+                &p.due_at,
+                &p.finished_at,
+                &p.written,
+            ],
+        )?;
+        if n != 1 {
+            return Ok(Completion::LeaseLost);
+        }
+        write_attempts(tx, &delivery, count(written))?;
+        if pb.is_some() && !delivery.is_test() {
+            *dirty = true;
+        }
+        let mut disabled = false;
+        if let Some(reason) = outcome.disable {
+            // The registry's lock, then the registry as it is under it (another postback may
+            // have changed since the read above; this one cannot have).
+            let current = match local {
+                // Locked already by the write that made it.
+                Some((_, r)) => Arc::new(r.clone()),
+                None => self.registry_in(tx, true)?,
+            };
+            let mut next = (*current).clone();
+            // Only an active postback flips: however many results say so, once.
+            if matches!(
+                next.disable_automatically(pid, reason.clone(), now),
+                Ok(true)
+            ) {
+                disabled = true;
+                if let Some(v) = write_registry(tx, &current, &next)? {
+                    *local = Some((v, next));
+                }
+                let note_id: i64 = tx
+                    .query_one(q(NOTIFICATIONS, "next_id")?, &[])?
+                    .try_get(0)?;
+                let note = Notification {
+                    id: note_id,
+                    postback: pid,
+                    partner: pb.as_ref().and_then(Postback::partner),
+                    reason,
+                    at: now,
+                    attempts: delivery.attempts().to_vec(),
+                };
+                tx.execute(
+                    q(NOTIFICATIONS, "insert")?,
+                    &[
+                        &note_id,
+                        &pid_of(pid)?,
+                        &floor(now),
+                        &apply::to_json(&note)?,
+                    ],
+                )?;
+                let others = rows(
+                    tx,
+                    q(DELIVERIES, "scheduled_of_except")?,
+                    &[&pid_of(pid)?, &id, &floor(now)],
+                )?;
+                change_rows(tx, others, |d| on_operation(Operation::Pause, now, d))?;
+            }
+        }
+        Ok(Completion::Completed {
+            next: outcome.next,
+            disabled,
+        })
     }
 
     /// Run `f` in a transaction on a pooled connection, again from the start if PostgreSQL
@@ -795,16 +896,87 @@ fn change_rows(
     Ok(n)
 }
 
+/// A trigger's plan against `registry`, its deliveries inserted by key, in `tx` (no wake-up:
+/// the caller sends one per transaction).
+fn plan_in(
+    tx: &mut Tx<'_>,
+    registry: &Registry,
+    now: DateTime<Utc>,
+    trigger: &Trigger,
+    values: &dyn MacroValues,
+    rules: &Rules,
+) -> Result<Enqueued, Fail> {
+    let exists = q(DELIVERIES, "exists")?;
+    let cell = RefCell::new(&mut *tx);
+    let (out, new) = apply::enqueue(
+        registry,
+        now,
+        trigger,
+        values,
+        rules,
+        |k| {
+            let found = cell
+                .borrow_mut()
+                .query_opt(exists, &[&k.to_text()])
+                .map_err(Fail::into_store)?;
+            Ok(found.is_some())
+        },
+        || next_delivery_id(&mut cell.borrow_mut()).map_err(Fail::into_store),
+    )?;
+    // A key inserted meanwhile by another process fails the insert with a unique
+    // violation: the transaction runs again and finds it a duplicate.
+    for d in &new {
+        insert_delivery(tx, d)?;
+    }
+    Ok(out)
+}
+
 /// Wake the listening workers when this transaction commits.
 fn wake(tx: &mut Tx<'_>) -> Result<(), Fail> {
     tx.execute(q(META, "wake")?, &[])?;
     Ok(())
 }
 
+/// What a batch of completions reads once: the registry (under every postback's lock) and each
+/// postback's health (locked), written back once when the batch ends.
+#[derive(Default)]
+struct Batch {
+    registry: Option<Arc<Registry>>,
+    health: HashMap<PostbackId, (Health, bool)>,
+}
+
+impl Batch {
+    /// Write every health the batch changed.
+    fn flush(&mut self, tx: &mut Tx<'_>) -> Result<(), Fail> {
+        for (pid, (h, dirty)) in &self.health {
+            if *dirty {
+                health_put(tx, *pid, h)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Take the postback's lock until the transaction ends (see `sql/health.sql`).
 fn lock_postback(tx: &mut Tx<'_>, p: PostbackId) -> Result<(), Fail> {
     tx.execute(q(HEALTH, "lock")?, &[&lock_key(p)])?;
     Ok(())
+}
+
+/// Take the locks of several postbacks (their lock keys, sorted and without repeats: the one
+/// order every batch takes them in) until the transaction ends, in one statement.
+fn lock_postbacks(tx: &mut Tx<'_>, keys: &[i32]) -> Result<(), Fail> {
+    match keys {
+        [] => Ok(()),
+        [one] => {
+            tx.execute(q(HEALTH, "lock")?, &[one])?;
+            Ok(())
+        }
+        _ => {
+            tx.execute(q(HEALTH, "lock_many")?, &[&keys])?;
+            Ok(())
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1007,6 +1179,43 @@ impl Store for PostgresStore {
         self.transaction(|tx| Ok((self.enqueue_in(tx, now, trigger, values, rules)?, None)))
     }
 
+    fn triggers_enqueue(
+        &self,
+        now: DateTime<Utc>,
+        batch: &[(Trigger, &dyn MacroValues)],
+        rules: &Rules,
+    ) -> Result<Vec<Enqueued>, StoreError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One transaction, one registry read, one wake-up. Enqueueing takes no postback lock;
+        // the triggers are planned in the order of their keys (stable: a repeat stays after the
+        // first), the same order in every batch of every process, so a batch only ever waits
+        // for another's insert of a key it reaches later: no deadlock, however batches overlap.
+        // It then fails as a duplicate and runs again, finding the other's keys stored.
+        let mut order: Vec<(String, usize)> = batch
+            .iter()
+            .enumerate()
+            .map(|(i, (t, _))| (t.key(PostbackId::new(1)).to_text(), i))
+            .collect();
+        order.sort();
+        self.transaction(|tx| {
+            let registry = self.registry_in(tx, false)?;
+            let mut outs: Vec<Option<Enqueued>> = vec![None; batch.len()];
+            for (_, i) in &order {
+                let (trigger, values) = &batch[*i];
+                // Also a key inserted earlier in this batch: the same trigger twice in one batch
+                // inserts once.
+                outs[*i] = Some(plan_in(tx, &registry, now, trigger, *values, rules)?);
+            }
+            let outs: Vec<Enqueued> = outs.into_iter().flatten().collect();
+            if outs.iter().any(|o| !o.created.is_empty()) {
+                wake(tx)?;
+            }
+            Ok((outs, None))
+        })
+    }
+
     fn test_fire_enqueue(
         &self,
         now: DateTime<Utc>,
@@ -1083,105 +1292,65 @@ impl Store for PostgresStore {
         progress: Progress,
         disable: &DisablePolicy,
     ) -> Result<Completion, StoreError> {
-        let key = *delivery.key();
-        let pid = key.postback();
-        let text = key.to_text();
+        let pid = delivery.key().postback();
         self.transaction(|tx| {
-            let mut delivery = delivery.clone();
             // The postback's lock first: a completion of another of its deliveries, its disable
             // and a management operation on it wait here, holding no row.
             lock_postback(tx, pid)?;
-            // Gone (pruned after another claimant finished it): this claim was lost long ago.
-            let Some(fence) = tx.query_opt(q(DELIVERIES, "fence")?, &[&text])? else {
-                return Ok((Completion::LeaseLost, None));
-            };
-            let id: i64 = fence.try_get(0)?;
-            let claims: i64 = fence.try_get(1)?;
-            let written: i64 = fence.try_get(2)?;
-            if claims != token.0 {
-                return Ok((Completion::LeaseLost, None));
-            }
-            // Read under the postback's lock: a disable committed by another process is seen.
-            let registry = self.registry_in(tx, false)?;
-            let pb = registry.get(pid).cloned();
-            let mut health = health_of(tx, pid, true)?.unwrap_or_default();
-            let outcome = apply::complete(
+            let mut local = None;
+            let mut batch = Batch::default();
+            let c = self.complete_in(
+                tx,
+                &mut local,
+                &mut batch,
                 now,
-                &mut delivery,
+                token,
+                delivery.clone(),
                 progress,
-                pb.as_ref(),
-                &mut health,
                 disable,
-            );
-            let p = project(&delivery, delivery.due())?;
-            let n = tx.execute(
-                q(DELIVERIES, "complete")?,
-                &[
-                    &id,
-                    &token.0,
-                    &p.state,
-                    &p.status,
-                    &p.due_at,
-                    &p.finished_at,
-                    &p.written,
-                ],
             )?;
-            if n != 1 {
-                return Ok((Completion::LeaseLost, None));
+            batch.flush(tx)?;
+            Ok((c, local))
+        })
+    }
+
+    fn deliveries_complete(
+        &self,
+        now: DateTime<Utc>,
+        batch: Vec<(Token, Delivery, Progress)>,
+        disable: &DisablePolicy,
+    ) -> Result<Vec<Completion>, StoreError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Every postback's lock, in one order (by lock key) before any row: two batches over the
+        // same postbacks queue on the first they share and never hold one the other waits for.
+        let mut locks: Vec<i32> = batch
+            .iter()
+            .map(|(_, d, _)| lock_key(d.postback()))
+            .collect();
+        locks.sort_unstable();
+        locks.dedup();
+        self.transaction(|tx| {
+            lock_postbacks(tx, &locks)?;
+            // The registry as this transaction changed it (a disable earlier in the batch).
+            let mut local = None;
+            let mut read = Batch::default();
+            let mut out = Vec::with_capacity(batch.len());
+            for (token, delivery, progress) in &batch {
+                out.push(self.complete_in(
+                    tx,
+                    &mut local,
+                    &mut read,
+                    now,
+                    *token,
+                    delivery.clone(),
+                    *progress,
+                    disable,
+                )?);
             }
-            write_attempts(tx, &delivery, count(written))?;
-            if pb.is_some() && !delivery.is_test() {
-                health_put(tx, pid, &health)?;
-            }
-            let mut disabled = false;
-            let mut cache = None;
-            if let Some(reason) = outcome.disable {
-                // The registry's lock, then the registry as it is under it (another postback may
-                // have changed since the read above; this one cannot have).
-                let current = self.registry_in(tx, true)?;
-                let mut next = (*current).clone();
-                // Only an active postback flips: however many results say so, once.
-                if matches!(
-                    next.disable_automatically(pid, reason.clone(), now),
-                    Ok(true)
-                ) {
-                    disabled = true;
-                    cache = write_registry(tx, &current, &next)?.map(|v| (v, next));
-                    let note_id: i64 = tx
-                        .query_one(q(NOTIFICATIONS, "next_id")?, &[])?
-                        .try_get(0)?;
-                    let note = Notification {
-                        id: note_id,
-                        postback: pid,
-                        partner: pb.as_ref().and_then(Postback::partner),
-                        reason,
-                        at: now,
-                        attempts: delivery.attempts().to_vec(),
-                    };
-                    tx.execute(
-                        q(NOTIFICATIONS, "insert")?,
-                        &[
-                            &note_id,
-                            &pid_of(pid)?,
-                            &floor(now),
-                            &apply::to_json(&note)?,
-                        ],
-                    )?;
-                    let others = rows(
-                        tx,
-                        q(DELIVERIES, "scheduled_of_except")?,
-                        &[&pid_of(pid)?, &id, &floor(now)],
-                    )?;
-                    change_rows(tx, others, |d| on_operation(Operation::Pause, now, d))?;
-                }
-            }
-            Ok((
-                Completion::Completed {
-                    next: outcome.next,
-                    disabled,
-                },
-                cache,
-            ))
+            read.flush(tx)?;
+            Ok((out, local))
         })
     }
 

@@ -17,3 +17,8 @@ ON CONFLICT (postback) DO UPDATE SET json = excluded.json;
 
 -- name: delete
 DELETE FROM health WHERE postback = $1;
+
+-- name: lock_many
+-- Several postbacks' locks ($1 their keys, sorted, no repeats), taken in that order.
+SELECT count(pg_advisory_xact_lock(hashtext(current_schema()), k))
+FROM (SELECT k FROM unnest($1::int4[]) AS k ORDER BY k) AS keys;
