@@ -24,14 +24,15 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, named_params,
 
 use postback::access::{Actor, AuditEntry, Operation, Settings};
 use postback::delivery::{
-    Attempt, Delivery, DeliveryId, DisablePolicy, Health, Progress, State, on_operation,
+    Attempt, Delivery, DeliveryId, DisablePolicy, Health, Progress, on_operation,
 };
-use postback::model::{DeliveryKey, Postback, PostbackId, Status};
+use postback::model::{DeliveryKey, Postback, PostbackId};
 use postback::plan::FireError;
 use postback::registry::{Precedence, Registry, Trigger};
 use postback::template::MacroValues;
 
 use crate::apply;
+use crate::sql::{ceil, count, delivery_from, due_column, floor, status_text, time};
 use crate::store::{
     Claimed, Completion, Counts, Enqueued, Filter, Manage, Managed, Notification, Replay, Rules,
     Store, StoreError, Token,
@@ -186,51 +187,8 @@ impl SqliteStore {
 // ---------------------------------------------------------------------------------------------
 // Conversions.
 
-/// A time as stored, rounded down to the microsecond (`now`, and bounds of retention).
-fn floor(t: DateTime<Utc>) -> i64 {
-    t.timestamp_micros()
-}
-
-/// A due time as stored, rounded up to the microsecond: never claimed early.
-fn ceil(t: DateTime<Utc>) -> i64 {
-    let f = t.timestamp_micros();
-    if t.timestamp_subsec_nanos() % 1000 == 0 {
-        f
-    } else {
-        f.saturating_add(1)
-    }
-}
-
-fn time(what: &str, micros: i64) -> Result<DateTime<Utc>, StoreError> {
-    DateTime::from_timestamp_micros(micros).ok_or_else(|| StoreError::Corrupt {
-        what: what.to_owned(),
-        detail: format!("{micros} is not a time"),
-    })
-}
-
 fn int(what: &str, n: u64) -> Result<i64, StoreError> {
     i64::try_from(n).map_err(|_| StoreError::Database(format!("{what} {n} does not fit SQLite")))
-}
-
-fn count(n: i64) -> usize {
-    usize::try_from(n).unwrap_or(0)
-}
-
-fn status_text(s: &Status) -> &'static str {
-    match s {
-        Status::Active => "active",
-        Status::Paused => "paused",
-        Status::Disabled { .. } => "disabled",
-        _ => "other",
-    }
-}
-
-/// The due time a delivery's row holds: only a scheduled delivery is due.
-fn due_column(d: &Delivery, due: Option<DateTime<Utc>>) -> Option<i64> {
-    match d.state() {
-        State::Scheduled { .. } => due.map(ceil),
-        _ => None,
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -242,10 +200,6 @@ struct Row {
     /// Attempts already in the attempts table.
     written: usize,
     d: Delivery,
-}
-
-fn delivery_from(id: i64, state: &str) -> Result<Delivery, StoreError> {
-    apply::from_json(&format!("delivery {id}"), state)
 }
 
 /// Rows from a statement returning `id, attempts_written, state`.

@@ -1,8 +1,6 @@
 //! The SQL of the store, in `sql/<table>.sql` files of named sections (`-- name: claim`),
 //! embedded at build time.
 
-use crate::store::StoreError;
-
 /// Statements over `meta`.
 pub(super) const META: &str = include_str!("sql/meta.sql");
 /// Statements over `deliveries`.
@@ -18,32 +16,9 @@ pub(super) const AUDIT: &str = include_str!("sql/audit.sql");
 /// Statements over `notifications`.
 pub(super) const NOTIFICATIONS: &str = include_str!("sql/notifications.sql");
 
-const MARKER: &str = "-- name: ";
-
-/// The sections of a file: (name, statement).
-pub(super) fn sections(file: &'static str) -> impl Iterator<Item = (&'static str, &'static str)> {
-    let mut rest = file;
-    std::iter::from_fn(move || {
-        let at = rest.find(MARKER)?;
-        let after = &rest[at + MARKER.len()..];
-        let (title, body) = after.split_once('\n').unwrap_or((after, ""));
-        let end = body.find(MARKER).unwrap_or(body.len());
-        rest = &body[end..];
-        Some((title.trim(), body[..end].trim()))
-    })
-}
-
-/// The statement `name` of `file`.
-pub(super) fn q(file: &'static str, name: &str) -> Result<&'static str, StoreError> {
-    sections(file)
-        .find(|(n, _)| *n == name)
-        .map(|(_, sql)| sql)
-        .ok_or_else(|| {
-            StoreError::Database(format!(
-                "this build of postback-store has no SQL statement named {name}: report it as a bug"
-            ))
-        })
-}
+pub(super) use crate::sql::q;
+#[cfg(test)]
+use crate::sql::sections;
 
 #[cfg(test)]
 mod tests {
