@@ -392,6 +392,15 @@ impl WorkerHandle {
         self.call(|s, _| s.deliveries_count()).await
     }
 
+    /// What an operator's page shows, at the worker's clock's `now`
+    /// ([`Store::stats`]): per postback and per partner host, pending / held / exhausted
+    /// counts, the last success, the last failure with its class, and the stuck deliveries. Its
+    /// `Display` is a small table. (The loop's own counters are [`stats`](WorkerHandle::stats).)
+    pub async fn stats_summary(&self) -> Result<crate::stats::OpsStats, WorkerError> {
+        let now = self.shared.clock.now();
+        self.call(move |s, _| s.stats(now)).await
+    }
+
     /// The postbacks as stored now.
     pub async fn registry(&self) -> Result<postback::registry::Registry, WorkerError> {
         self.call(|s, _| s.registry_get()).await

@@ -22,6 +22,7 @@ mod memory;
 mod pg;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+pub mod stats;
 mod store;
 mod worker;
 
@@ -37,6 +38,7 @@ pub use pg::{PostgresStore, PostgresStoreBuilder};
 pub use postgres;
 #[cfg(feature = "sqlite")]
 pub use sqlite::{Durability, SqliteStore};
+pub use stats::{HostStats, LastFailure, OpsStats, PostbackStats, StuckDelivery, WorkCounts};
 pub use store::{
     Claimed, Completion, Counts, Enqueued, Filter, Manage, Managed, Notification, Replay, Rules,
     Store, StoreError, Token,
