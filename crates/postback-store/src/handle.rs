@@ -202,6 +202,7 @@ fn flush(shared: &Shared) {
         match result {
             Ok(outs) => {
                 for (q, out) in batch.into_iter().zip(outs) {
+                    crate::telemetry::created(out.created.len(), out.held.len());
                     let _ = q.reply.send(Ok(out));
                 }
             }
@@ -355,6 +356,7 @@ impl WorkerHandle {
         let n = self
             .call(move |s, _| s.deliveries_replay(now, &which))
             .await?;
+        crate::telemetry::add(crate::telemetry::DELIVERIES_REPLAYED, n as u64);
         self.wake();
         Ok(n)
     }

@@ -24,6 +24,7 @@ mod pg;
 mod sqlite;
 pub mod stats;
 mod store;
+pub mod telemetry;
 mod worker;
 
 pub use apply::{record_interruptions, send_context};
