@@ -202,7 +202,6 @@ fn flush(shared: &Shared) {
         match result {
             Ok(outs) => {
                 for (q, out) in batch.into_iter().zip(outs) {
-                    crate::telemetry::created(out.created.len(), out.held.len());
                     let _ = q.reply.send(Ok(out));
                 }
             }
@@ -308,6 +307,7 @@ impl WorkerHandle {
         let out = answer.await.map_err(|_| {
             WorkerError::Blocking("the commit of this trigger was cancelled".into())
         })??;
+        crate::telemetry::created(out.created.len(), out.held.len());
         Ok(out)
     }
 
