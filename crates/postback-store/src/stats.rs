@@ -24,7 +24,9 @@ pub struct WorkCounts {
     pub pending: u64,
     /// Held until the postback is enabled or resumed.
     pub held: u64,
-    /// Gave up (attempts used, a terminal failure or local refusals): replayable.
+    /// Gave up (status `gave_up`): attempts used, a terminal failure, local refusals, a failed
+    /// test fire, or (in [`OpsStats::total`] only) a deleted postback. All but the last two can
+    /// be replayed.
     pub exhausted: u64,
     /// Of the pending, those whose lease expired [`STUCK_AFTER`] times or more without a
     /// completion (their sender crashes or hangs on them).
