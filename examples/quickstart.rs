@@ -156,6 +156,8 @@ fn main() -> Result<(), Error> {
             "\n== in the file: delivered {}, pending {}, held {}, gave up {}",
             c.delivered, c.pending, c.held, c.gave_up
         );
+        println!("\n== the operator's summary: per postback and per partner host");
+        println!("{}", w.stats_summary().await?);
         w.shutdown(Duration::from_secs(5)).await;
         if c.pending + c.held + c.gave_up > 0 {
             return Err::<(), Error>("something was not delivered".into());

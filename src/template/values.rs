@@ -238,7 +238,7 @@ impl From<DateTime<Utc>> for OwnedValue {
 
 /// A ready [`MacroValues`]: values by macro, owned. Serializes as `{"values": {id: value}}`.
 ///
-/// Built-in macros (ids below [`DENSE`]) are held in a slot per id, so expansion finds a value
+/// Built-in macros (ids below `DENSE`) are held in a slot per id, so expansion finds a value
 /// with one index and no hash; a network's own macros are in a map.
 #[derive(Debug, Clone, Default)]
 pub struct ValueMap {

@@ -56,6 +56,7 @@ pub fn run_all<H: Harness>(h: &mut H) {
     deleting_a_postback_ends_its_deliveries(h);
     a_test_fire_goes_out_whatever_the_status_and_is_audited(h);
     refused_operations_change_nothing(h);
+    the_stats_show_each_postback_and_host_with_its_last_results_and_stuck_work(h);
 }
 
 fn t0() -> DateTime<Utc> {
@@ -973,4 +974,105 @@ pub fn nothing_of_a_postback_that_is_off_is_claimed<H: Harness>(h: &mut H) {
     let again = claim(&s, t0() + secs(121), "b", 10);
     assert_eq!(again.len(), 1, "on again: claimed");
     assert_eq!(again[0].interrupted, 1, "its lost claim is reported");
+}
+
+/// The stats: per postback and per host, pending / held / exhausted, the last success, the last
+/// failure with its class, and a delivery whose lease expired twice as stuck work (read again
+/// after a restart).
+pub fn the_stats_show_each_postback_and_host_with_its_last_results_and_stuck_work<H: Harness>(
+    h: &mut H,
+) {
+    use postback::delivery::FailureClass;
+    let s = with_postback(h);
+    let retry = no_jitter().max_attempts(1);
+    let never = DisablePolicy::Never;
+    let empty = ok(s.stats(t0()), "stats");
+    assert_eq!(empty.postbacks.len(), 1, "one line per postback");
+    assert_eq!(
+        empty.postbacks[0].counts,
+        crate::stats::WorkCounts::default()
+    );
+    assert_eq!(empty.postbacks[0].last_success, None);
+    assert_eq!(empty.postbacks[0].last_failure, None);
+    // One delivered, one exhausted by a 500.
+    convert(&s, 1, t0());
+    let c = claim(&s, t0(), "a", 1);
+    let _ = complete(&s, &c[0], t0() + secs(1), 200, &retry, &never);
+    convert(&s, 2, t0() + secs(2));
+    let c = claim(&s, t0() + secs(2), "a", 1);
+    let failed = *c[0].delivery.key();
+    let _ = complete(&s, &c[0], t0() + secs(3), 500, &retry, &never);
+    // One claimed twice, both leases run out: stuck.
+    convert(&s, 3, t0() + secs(10));
+    let c = claim(&s, t0() + secs(10), "a", 1);
+    let stuck = *c[0].delivery.key();
+    assert_eq!(claim(&s, t0() + secs(70), "b", 1).len(), 1, "claimed again");
+    // One pending, never claimed (due later than anything claimed below).
+    convert(&s, 4, t0() + secs(10_000));
+    let s = h.reopen(s);
+    let now = t0() + secs(131);
+    let st = ok(s.stats(now), "stats");
+    assert_eq!(st.at, now);
+    let p = match st.postback(PB) {
+        Some(p) => p.clone(),
+        None => panic!("the postback has a line"),
+    };
+    assert_eq!(p.partner, Some(PARTNER));
+    assert_eq!(p.host, "https://partner.example", "the template's origin");
+    assert_eq!(
+        (
+            p.counts.pending,
+            p.counts.held,
+            p.counts.exhausted,
+            p.counts.stuck
+        ),
+        (2, 0, 1, 1),
+        "two pending (one stuck), one exhausted"
+    );
+    assert_eq!(p.last_success, Some(t0() + secs(1)), "from the health");
+    let f = match &p.last_failure {
+        Some(f) => f.clone(),
+        None => panic!("the 500 is the last failure"),
+    };
+    assert_eq!(
+        (f.at, f.class, f.counted, f.delivery),
+        (t0() + secs(3), FailureClass::Status(500), true, failed)
+    );
+    assert_eq!(st.stuck.len(), 1, "stuck work");
+    assert_eq!(st.stuck[0].key, stuck);
+    assert_eq!(st.stuck[0].expired_leases, 2);
+    assert!(!st.stuck[0].leased_now);
+    let host = match st.host("https://partner.example") {
+        Some(h) => h.clone(),
+        None => panic!("the host has a line"),
+    };
+    assert_eq!((host.postbacks, host.counts), (1, p.counts));
+    assert_eq!(st.total, p.counts);
+    // Before the second lease ran out, it had expired once only: not stuck.
+    let early = ok(s.stats(t0() + secs(100)), "stats");
+    assert!(early.stuck.is_empty(), "one expired lease is not stuck");
+    // A third claim under a live lease: still stuck, and out now.
+    assert_eq!(claim(&s, now, "c", 1).len(), 1);
+    let st = ok(s.stats(now + secs(1)), "stats");
+    assert_eq!(st.stuck.len(), 1);
+    assert_eq!(
+        (st.stuck[0].expired_leases, st.stuck[0].leased_now),
+        (2, true)
+    );
+    // Paused: the pending not out under a lease are held.
+    ok(
+        s.postback_manage(now, manager(), Manage::Pause(PB), &Settings::default()),
+        "pausing",
+    );
+    let st = ok(s.stats(now + secs(2)), "stats");
+    let p = &st.postbacks[0];
+    assert_eq!(
+        (p.counts.pending, p.counts.held),
+        (1, 1),
+        "one held, one out"
+    );
+    assert!(
+        st.to_string().contains("https://partner.example"),
+        "the table names the host"
+    );
 }

@@ -307,6 +307,7 @@ impl WorkerHandle {
         let out = answer.await.map_err(|_| {
             WorkerError::Blocking("the commit of this trigger was cancelled".into())
         })??;
+        crate::telemetry::created(out.created.len(), out.held.len());
         Ok(out)
     }
 
@@ -355,6 +356,7 @@ impl WorkerHandle {
         let n = self
             .call(move |s, _| s.deliveries_replay(now, &which))
             .await?;
+        crate::telemetry::add(crate::telemetry::DELIVERIES_REPLAYED, n as u64);
         self.wake();
         Ok(n)
     }
@@ -390,6 +392,15 @@ impl WorkerHandle {
     /// Counts of the store's deliveries by where they stand.
     pub async fn counts(&self) -> Result<Counts, WorkerError> {
         self.call(|s, _| s.deliveries_count()).await
+    }
+
+    /// What an operator's page shows, at the worker's clock's `now`
+    /// ([`Store::stats`]): per postback and per partner host, pending / held / exhausted
+    /// counts, the last success, the last failure with its class, and the stuck deliveries. Its
+    /// `Display` is a small table. (The loop's own counters are [`stats`](WorkerHandle::stats).)
+    pub async fn stats_summary(&self) -> Result<crate::stats::OpsStats, WorkerError> {
+        let now = self.shared.clock.now();
+        self.call(move |s, _| s.stats(now)).await
     }
 
     /// The postbacks as stored now.

@@ -24,7 +24,9 @@ mod pg;
 mod sql;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+pub mod stats;
 mod store;
+pub mod telemetry;
 mod worker;
 
 pub use apply::{record_interruptions, send_context};
@@ -39,6 +41,7 @@ pub use pg::{PostgresStore, PostgresStoreBuilder};
 pub use postgres;
 #[cfg(feature = "sqlite")]
 pub use sqlite::{Durability, SqliteStore};
+pub use stats::{HostStats, LastFailure, OpsStats, PostbackStats, StuckDelivery, WorkCounts};
 pub use store::{
     Claimed, Completion, Counts, Enqueued, Filter, Manage, Managed, Notification, Replay, Rules,
     Store, StoreError, Token,

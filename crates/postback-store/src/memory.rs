@@ -504,6 +504,32 @@ impl Store for MemoryStore {
         Ok(n)
     }
 
+    fn stats(&self, now: DateTime<Utc>) -> Result<crate::stats::OpsStats, StoreError> {
+        let g = self.lock();
+        let mut raw = crate::stats::Raw {
+            health: g.health.clone(),
+            ..Default::default()
+        };
+        for r in g.rows.values() {
+            let status = apply::status_of(&r.d);
+            raw.count(r.d.postback(), status, 1);
+            if status == "scheduled" && r.claims > r.settled {
+                let live = r.due.is_some_and(|d| d > now);
+                raw.unsettled.push((*r.d.key(), r.claims - r.settled, live));
+            }
+        }
+        for (key, list) in &g.attempts {
+            if let Some(f) = list
+                .iter()
+                .rev()
+                .find_map(|a| crate::stats::LastFailure::of(*key, a))
+            {
+                raw.failure(key.postback(), f);
+            }
+        }
+        Ok(crate::stats::assemble(now, &g.registry, raw))
+    }
+
     fn deliveries_prune(&self, before: DateTime<Utc>) -> Result<usize, StoreError> {
         let mut g = self.lock();
         let old: Vec<DeliveryKey> = g

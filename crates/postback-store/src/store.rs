@@ -454,6 +454,15 @@ pub trait Store: Send + Sync + 'static {
     /// many.
     fn deliveries_prune(&self, before: DateTime<Utc>) -> Result<usize, StoreError>;
 
+    /// What an operator's page shows, in one call: per postback and per partner host (the
+    /// template's origin), the deliveries pending, held and exhausted, the last success (from
+    /// the health), the last failure with its class (from the attempts table, so only while
+    /// retention keeps it), and the stuck work: pending deliveries whose lease expired
+    /// [`STUCK_AFTER`](crate::stats::STUCK_AFTER) times or more without a completion. A read:
+    /// it scans the deliveries that are not delivered and the attempts table, so call it for a
+    /// page or a CLI, not per request.
+    fn stats(&self, now: DateTime<Utc>) -> Result<crate::stats::OpsStats, StoreError>;
+
     /// A wake-up from outside this process, if the store has one: notified when a transaction
     /// of any process made deliveries due now (PostgreSQL: LISTEN/NOTIFY). The
     /// [`Worker`](crate::Worker) waits on it besides its handles' wake-ups and its poll

@@ -18,10 +18,66 @@ use postback::delivery::{
 use postback::model::{DeliveryKey, Postback};
 use postback::transport::{AsyncTransport, Classify};
 
+use tracing::Instrument;
+
 use crate::apply;
 use crate::clock::Clock;
 use crate::handle::{Counters, Shared, WorkerHandle, blocking};
 use crate::store::{Claimed, Completion, Notification, Rules, Store, StoreError, Token};
+use crate::telemetry;
+
+/// The span of one attempt: the delivery's key, its postback, partner and host, the redacted
+/// URL (never the request's URI, which carries the secrets); its outcome, failure class, status
+/// and duration are recorded when the result comes.
+fn attempt_span(d: &Delivery, pb: &Postback, host: &str, url: &str) -> tracing::Span {
+    tracing::info_span!(
+        "postback.attempt",
+        key = %d.key(),
+        postback = %pb.id(),
+        partner = pb.partner().map(|p| p.get()),
+        host = %host,
+        url = %url,
+        attempt = d.attempts().len() + 1,
+        outcome = tracing::field::Empty,
+        class = tracing::field::Empty,
+        counted = tracing::field::Empty,
+        status = tracing::field::Empty,
+        duration_ms = tracing::field::Empty,
+    )
+}
+
+/// What an attempt did, on its span, as metrics, and as one event.
+fn record_attempt(span: &tracing::Span, d: &Delivery, took: Duration) {
+    let Some(a) = d.attempts().last() else {
+        return;
+    };
+    let ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
+    span.record("duration_ms", ms);
+    if let Some(s) = a.status {
+        span.record("status", s);
+    }
+    telemetry::duration(a.failure.is_none(), took);
+    match &a.failure {
+        None => {
+            span.record("outcome", "success");
+            tracing::debug!(parent: span, duration_ms = ms, "delivered");
+        }
+        Some(class) => {
+            let label = telemetry::class_label(class);
+            span.record("outcome", "failure");
+            span.record("class", label);
+            span.record("counted", a.counted);
+            telemetry::failed(class, a.counted, 1);
+            tracing::info!(
+                parent: span,
+                class = label,
+                counted = a.counted,
+                duration_ms = ms,
+                "attempt failed: {class}"
+            );
+        }
+    }
+}
 
 /// Where the worker hands notifications for the network's manager (a postback was disabled
 /// automatically). Each is marked done in the store once handed over.
@@ -117,6 +173,11 @@ pub struct WorkerConfig {
     /// Where notifications for the manager go (default none: they wait in the store, see
     /// [`WorkerHandle::notifications_pending`]).
     pub notifications: Option<NotificationSink>,
+    /// How often the store-wide gauges ([`telemetry`](crate::telemetry): pending, held,
+    /// exhausted, leased, the lag of the oldest due delivery) are read from the store, on the
+    /// poll tick (default 10 s; each read counts the deliveries). Read at start and at shutdown
+    /// too.
+    pub gauges_every: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -133,6 +194,7 @@ impl Default for WorkerConfig {
             owner: format!("postback-worker-{}", std::process::id()),
             poll_interval: Duration::from_secs(1),
             notifications: None,
+            gauges_every: Duration::from_secs(10),
         }
     }
 }
@@ -248,6 +310,13 @@ impl WorkerConfig {
         }
     }
 
+    /// Set how often the store-wide gauges are read.
+    #[must_use]
+    pub fn gauges_every(mut self, d: Duration) -> Self {
+        self.gauges_every = d;
+        self
+    }
+
     /// The poll interval as used: at most half the lease, at least 1 ms.
     pub(crate) fn poll_every(&self) -> Duration {
         self.poll_interval
@@ -360,13 +429,18 @@ impl<T: AsyncTransport + Send + Sync + 'static> Worker<T> {
             waiting: VecDeque::new(),
             per_host: HashMap::new(),
             check_notifications: true,
+            gauges_at: None,
         };
+        telemetry::describe();
         tokio::spawn(driver.run());
         handle
     }
 }
 
 type Reply = Result<http::Response<Vec<u8>>, Failure>;
+
+/// A reply and how long it took (real time).
+type Sent = (Reply, std::time::Duration);
 
 /// A claimed delivery ready to send.
 struct Ready {
@@ -382,6 +456,8 @@ struct Out {
     delivery: Delivery,
     token: Token,
     host: String,
+    /// The attempt's span.
+    span: tracing::Span,
 }
 
 /// Marks the loop stopped however it ends (a panic too), so nothing waits on it forever.
@@ -396,13 +472,15 @@ impl Drop for StopGuard {
 struct Driver<T> {
     shared: Arc<Shared>,
     transport: Arc<T>,
-    sends: JoinSet<Reply>,
+    sends: JoinSet<Sent>,
     out: HashMap<tokio::task::Id, Out>,
     /// Claimed, waiting for a slot of their host.
     waiting: VecDeque<Ready>,
     /// Requests out, by host.
     per_host: HashMap<String, usize>,
     check_notifications: bool,
+    /// When the gauges were last read (real time).
+    gauges_at: Option<tokio::time::Instant>,
 }
 
 fn count(c: &std::sync::atomic::AtomicU64) {
@@ -421,6 +499,7 @@ impl<T: AsyncTransport + Send + Sync + 'static> Driver<T> {
             .await
             .ok()
             .flatten();
+        self.gauges().await;
         let grace = loop {
             if let Some(grace) = *shutdown.borrow_and_update() {
                 break grace;
@@ -473,10 +552,33 @@ impl<T: AsyncTransport + Send + Sync + 'static> Driver<T> {
                 _ = tokio::time::sleep_until(next_poll) => {
                     self.check_notifications = true;
                     next_poll = tokio::time::Instant::now() + poll;
+                    let every = shared.config.gauges_every;
+                    if self.gauges_at.is_none_or(|at| at.elapsed() >= every) {
+                        self.gauges().await;
+                    }
                 }
             }
         };
         self.shut_down(grace).await;
+    }
+
+    /// Read the store-wide counts and set the gauges.
+    async fn gauges(&mut self) {
+        self.gauges_at = Some(tokio::time::Instant::now());
+        let now = self.shared.clock.now();
+        let read = blocking(&self.shared.store, |s| {
+            Ok((s.deliveries_count()?, s.deliveries_next_due()?))
+        })
+        .await;
+        match read {
+            Ok((counts, next)) => {
+                let lag = next
+                    .and_then(|t| (now - t).to_std().ok())
+                    .unwrap_or_default();
+                telemetry::gauges(&counts, lag);
+            }
+            Err(_) => count(&self.shared.stats.store_errors),
+        }
     }
 
     /// Slots for more claims.
@@ -509,6 +611,15 @@ impl<T: AsyncTransport + Send + Sync + 'static> Driver<T> {
         };
         let n = claimed.len();
         Counters::add(&self.shared.stats.claimed, n as u64);
+        let expired: u64 = claimed.iter().map(|c| u64::from(c.interrupted)).sum();
+        if expired > 0 {
+            telemetry::add(telemetry::CLAIMS_EXPIRED, expired);
+            telemetry::failed(&FailureClass::Interrupted, false, expired);
+            tracing::warn!(
+                claims = expired,
+                "leases ran out without a completion: recorded as interrupted attempts"
+            );
+        }
         let mut kept = 0;
         for c in claimed {
             if !self.start(now, c).await {
@@ -597,11 +708,17 @@ impl<T: AsyncTransport + Send + Sync + 'static> Driver<T> {
         };
         match action {
             Action::Send(outgoing) => {
+                let span = attempt_span(&delivery, &postback, &host, outgoing.redacted_url());
                 let request = outgoing.into_request();
                 let transport = Arc::clone(&self.transport);
-                let task = self
-                    .sends
-                    .spawn(async move { transport.send(request).await.map_err(|e| e.failure()) });
+                let task = self.sends.spawn(
+                    async move {
+                        let started = tokio::time::Instant::now();
+                        let reply = transport.send(request).await.map_err(|e| e.failure());
+                        (reply, started.elapsed())
+                    }
+                    .instrument(span.clone()),
+                );
                 *self.per_host.entry(host.clone()).or_default() += 1;
                 self.out.insert(
                     task.id(),
@@ -609,11 +726,19 @@ impl<T: AsyncTransport + Send + Sync + 'static> Driver<T> {
                         delivery,
                         token,
                         host,
+                        span,
                     },
                 );
                 count(&self.shared.stats.sent);
             }
             Action::Unsendable(failure) => {
+                tracing::warn!(
+                    key = %delivery.key(),
+                    postback = %postback.id(),
+                    class = telemetry::class_label(&failure.class()),
+                    "the request could not be made"
+                );
+                telemetry::failed(&failure.class(), false, 1);
                 match delivery.handle_response(now, Err(failure), &self.shared.config.retry) {
                     Ok(progress) => self.complete(now, token, delivery, progress).await,
                     // Cannot happen (Unsendable puts it in flight); the lease will free it.
@@ -649,7 +774,7 @@ impl<T: AsyncTransport + Send + Sync + 'static> Driver<T> {
     }
 
     /// A send finished: complete it, then start a waiter of its host.
-    async fn finished(&mut self, done: Result<(tokio::task::Id, Reply), JoinError>) {
+    async fn finished(&mut self, done: Result<(tokio::task::Id, Sent), JoinError>) {
         // Every other send that is done too: their results go to the store in one call.
         let mut all = vec![done];
         while let Some(more) = self.sends.try_join_next_with_id() {
@@ -674,14 +799,18 @@ impl<T: AsyncTransport + Send + Sync + 'static> Driver<T> {
                     self.per_host.remove(&out.host);
                 }
             }
-            hosts.push(out.host);
-            let Some(reply) = reply else {
+            hosts.push(out.host.clone());
+            let Some((reply, took)) = reply else {
+                tracing::error!(parent: &out.span, "the transport panicked: sent again when the lease ends");
                 count(&self.shared.stats.store_errors);
                 continue;
             };
             let mut delivery = out.delivery;
             match delivery.handle_response(now, reply, &self.shared.config.retry) {
-                Ok(progress) => batch.push((out.token, delivery, progress)),
+                Ok(progress) => {
+                    record_attempt(&out.span, &delivery, took);
+                    batch.push((out.token, delivery, progress));
+                }
                 Err(_) => count(&self.shared.stats.store_errors),
             }
         }
@@ -795,26 +924,40 @@ impl<T: AsyncTransport + Send + Sync + 'static> Driver<T> {
             .await
             .unwrap_or_default()
         };
-        for (completion, (_, _, progress)) in completions.into_iter().zip(&meta) {
+        for (completion, (key, _, progress)) in completions.into_iter().zip(&meta) {
             let Ok(completion) = completion else {
                 // Not written: it stays leased and is sent again when the lease ends.
                 count(&stats.store_errors);
                 continue;
             };
             match completion {
-                Completion::LeaseLost => count(&stats.lease_lost),
+                Completion::LeaseLost => {
+                    count(&stats.lease_lost);
+                    telemetry::add(telemetry::RESULTS_LEASE_LOST, 1);
+                    tracing::warn!(key = %key, "the lease was lost meanwhile: result dropped");
+                }
                 Completion::Completed { next, disabled } => {
                     match next {
                         Next::Finished if matches!(progress, Progress::Delivered { .. }) => {
                             count(&stats.delivered);
+                            telemetry::add(telemetry::DELIVERIES_DELIVERED, 1);
                         }
-                        Next::Finished => count(&stats.gave_up),
+                        Next::Finished => {
+                            count(&stats.gave_up);
+                            telemetry::add(telemetry::DELIVERIES_GAVE_UP, 1);
+                        }
                         Next::Scheduled => count(&stats.retried),
                         Next::Held => count(&stats.held),
                         _ => {}
                     }
                     if disabled {
                         self.check_notifications = true;
+                        telemetry::add(telemetry::POSTBACKS_DISABLED, 1);
+                        tracing::warn!(
+                            postback = %key.postback(),
+                            key = %key,
+                            "the postback was disabled automatically"
+                        );
                     }
                 }
             }
@@ -860,7 +1003,10 @@ impl<T: AsyncTransport + Send + Sync + 'static> Driver<T> {
         })
         .await;
         match marked {
-            Ok(()) => Counters::add(&self.shared.stats.notified, n),
+            Ok(()) => {
+                Counters::add(&self.shared.stats.notified, n);
+                telemetry::add(telemetry::NOTIFICATIONS_SENT, n);
+            }
             Err(_) => count(&self.shared.stats.store_errors),
         }
     }
@@ -885,5 +1031,6 @@ impl<T: AsyncTransport + Send + Sync + 'static> Driver<T> {
             let now = self.shared.clock.now();
             self.notify(now).await;
         }
+        self.gauges().await;
     }
 }

@@ -1474,6 +1474,10 @@ impl Store for PostgresStore {
         });
         Some(listener.notify())
     }
+
+    fn stats(&self, now: DateTime<Utc>) -> Result<crate::stats::OpsStats, StoreError> {
+        self.stats_read(now)
+    }
 }
 
 impl PostgresStore {
@@ -1481,6 +1485,60 @@ impl PostgresStore {
     fn delete(&self, file: &'static str, before: DateTime<Utc>) -> Result<usize, StoreError> {
         let n = self.read(|tx| tx.execute(q(file, "prune")?, &[&floor(before)]))?;
         Ok(usize::try_from(n).unwrap_or(usize::MAX))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The stats (issue 16), kept apart from the rest.
+
+impl PostgresStore {
+    /// [`Store::stats`]: every part in one read transaction.
+    fn stats_read(&self, now: DateTime<Utc>) -> Result<crate::stats::OpsStats, StoreError> {
+        const COUNTS: &str = "SELECT postback, status, count(*) FROM deliveries \
+            WHERE status <> 'delivered' GROUP BY postback, status";
+        const UNSETTLED: &str = "SELECT key, claims - settled, due_at > $1 FROM deliveries \
+            WHERE status = 'scheduled' AND claims > settled";
+        const HEALTH_ALL: &str = "SELECT postback, json::text FROM health";
+        // Scans the table: attempts carry no index by postback.
+        const LAST_FAILURES: &str = "SELECT DISTINCT ON (postback) postback, delivery, json::text \
+            FROM attempts WHERE jsonb_typeof(json -> 'failure') = 'object' \
+            ORDER BY postback, at DESC, id DESC";
+        let pid = |n: i64| PostbackId::new(u64::try_from(n).unwrap_or(0));
+        let key = |t: &str| {
+            t.parse::<DeliveryKey>().map_err(|e| StoreError::Corrupt {
+                what: "a delivery key".to_owned(),
+                detail: e.to_string(),
+            })
+        };
+        let (registry, raw) = self.read(|tx| {
+            let registry = (*self.registry_in(tx, false)?).clone();
+            let mut raw = crate::stats::Raw::default();
+            for r in tx.query(COUNTS, &[])? {
+                let (p, status, n): (i64, String, i64) =
+                    (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
+                raw.count(pid(p), &status, u64::try_from(n).unwrap_or(0));
+            }
+            for r in tx.query(UNSETTLED, &[&floor(now)])? {
+                let (k, n, live): (String, i64, bool) =
+                    (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
+                raw.unsettled.push((key(&k)?, n, live));
+            }
+            for r in tx.query(HEALTH_ALL, &[])? {
+                let (p, json): (i64, String) = (r.try_get(0)?, r.try_get(1)?);
+                let h: Health = apply::from_json(&format!("health of postback {p}"), &json)?;
+                raw.health.insert(pid(p), h);
+            }
+            for r in tx.query(LAST_FAILURES, &[])? {
+                let (p, k, json): (i64, String, String) =
+                    (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
+                let a: Attempt = apply::from_json(&format!("an attempt of {k}"), &json)?;
+                if let Some(f) = crate::stats::LastFailure::of(key(&k)?, &a) {
+                    raw.failure(pid(p), f);
+                }
+            }
+            Ok((registry, raw))
+        })?;
+        Ok(crate::stats::assemble(now, &registry, raw))
     }
 }
 

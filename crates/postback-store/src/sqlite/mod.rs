@@ -1020,6 +1020,87 @@ impl Store for SqliteStore {
     fn deliveries_prune(&self, before: DateTime<Utc>) -> Result<usize, StoreError> {
         self.delete(DELIVERIES, before)
     }
+
+    fn stats(&self, now: DateTime<Utc>) -> Result<crate::stats::OpsStats, StoreError> {
+        let mut g = self.lock();
+        let Inner {
+            conn,
+            registry: cache,
+        } = &mut *g;
+        // A read transaction: every part from one snapshot.
+        let tx = conn.transaction().db()?;
+        let registry = cached_registry(&tx, cache)?.clone();
+        let mut raw = crate::stats::Raw::default();
+        let pid = |n: i64| PostbackId::new(u64::try_from(n).unwrap_or(0));
+        let key = |t: &str| {
+            t.parse::<DeliveryKey>().map_err(|e| StoreError::Corrupt {
+                what: "a delivery key".to_owned(),
+                detail: e.to_string(),
+            })
+        };
+        {
+            let mut stmt = tx.prepare_cached(q(DELIVERIES, "stats_counts")?).db()?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                })
+                .db()?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .db()?;
+            for (p, status, n) in rows {
+                raw.count(pid(p), &status, u64::try_from(n).unwrap_or(0));
+            }
+            let mut stmt = tx.prepare_cached(q(DELIVERIES, "stats_unsettled")?).db()?;
+            let rows = stmt
+                .query_map(named_params! {":now": floor(now)}, |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, bool>(2)?,
+                    ))
+                })
+                .db()?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .db()?;
+            for (k, n, live) in rows {
+                raw.unsettled.push((key(&k)?, n, live));
+            }
+            let mut stmt = tx.prepare_cached(q(HEALTH, "all")?).db()?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
+                .db()?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .db()?;
+            for (p, json) in rows {
+                let h: Health = apply::from_json(&format!("health of postback {p}"), &json)?;
+                raw.health.insert(pid(p), h);
+            }
+            let mut stmt = tx.prepare_cached(q(ATTEMPTS, "last_failures")?).db()?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(3)?,
+                    ))
+                })
+                .db()?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .db()?;
+            for (p, k, json) in rows {
+                let a: Attempt = apply::from_json(&format!("an attempt of {k}"), &json)?;
+                if let Some(f) = crate::stats::LastFailure::of(key(&k)?, &a) {
+                    raw.failure(pid(p), f);
+                }
+            }
+        }
+        tx.commit().db()?;
+        Ok(crate::stats::assemble(now, &registry, raw))
+    }
 }
 
 impl SqliteStore {

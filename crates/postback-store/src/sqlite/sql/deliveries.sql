@@ -92,3 +92,13 @@ ORDER BY id;
 
 -- name: prune
 DELETE FROM deliveries WHERE status = 'delivered' AND finished_at < :before;
+
+-- name: stats_counts
+-- For the stats: unfinished and exhausted deliveries by postback.
+SELECT postback, status, count(*) FROM deliveries WHERE status <> 'delivered'
+GROUP BY postback, status;
+
+-- name: stats_unsettled
+-- For the stats: pending deliveries with claims not completed, and whether a lease still runs.
+SELECT key, claims - settled, due_at > :now FROM deliveries
+WHERE status = 'scheduled' AND claims > settled;
