@@ -34,10 +34,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::access::{AccessError, Actor, AuditEntry, Gatekeeper, Settings};
+use crate::access::{AccessError, Actor, AuditEntry, Gatekeeper, Operation, Settings};
 use crate::delivery::{
     Action, Attempt, Delivery, DeliveryError, DeliveryId, DisablePolicy, Failure, FailureClass,
-    Next, Progress, Rendered, RetryPolicy, SendContext, State, add, check, settle,
+    Next, Progress, Rendered, RetryPolicy, SendContext, State, add, check, on_operation, settle,
 };
 use crate::hash::IdMap;
 use crate::model::{DeliveryKey, PartnerId, Postback, PostbackId, Purpose, TriggerId};
@@ -1035,20 +1035,26 @@ impl Engine {
             at: now,
             attempts,
         });
-        self.hold_all(pid);
+        self.hold_all(now, pid);
     }
 
     /// Hold every scheduled delivery of a postback (in-flight ones are held when their result
     /// comes back as a failure).
-    fn hold_all(&mut self, pid: PostbackId) {
+    fn hold_all(&mut self, now: DateTime<Utc>, pid: PostbackId) {
         for id in self.delivery_ids_of(pid) {
-            if matches!(
-                self.deliveries.get(&id).map(|d| d.state()),
-                Some(State::Scheduled { .. })
-            ) {
+            if self.would(Operation::Pause, now, id) {
                 self.hold(id);
             }
         }
+    }
+
+    /// Whether `op` changes delivery `id` ([`on_operation`] decides, as for every store); the
+    /// engine then applies it with its timers and events.
+    fn would(&self, op: Operation, now: DateTime<Utc>, id: DeliveryId) -> bool {
+        self.deliveries.get(&id).is_some_and(|d| {
+            let mut probe = Delivery::clone(d);
+            on_operation(op, now, &mut probe)
+        })
     }
 
     /// Take every request in flight as lost now, without waiting for its lease: for when you
@@ -1140,12 +1146,12 @@ impl Engine {
     }
 
     /// After a postback became active again: a fresh failure count, held deliveries due now.
-    fn reactivate(&mut self, now: DateTime<Utc>, id: PostbackId) {
+    fn reactivate(&mut self, now: DateTime<Utc>, id: PostbackId, op: Operation) {
         self.health.entry(id).or_default().reset();
         let mut replayed = 0;
         for did in self.delivery_ids_of(id) {
             if let Some(d) = self.deliveries.get_mut(&did) {
-                if d.release(now).is_ok() {
+                if on_operation(op, now, d) {
                     self.schedule(did);
                     replayed += 1;
                 }
@@ -1171,7 +1177,7 @@ impl Engine {
         let entry = self
             .gatekeeper()
             .enable(&mut self.registry, actor, now, id)?;
-        self.reactivate(now, id);
+        self.reactivate(now, id, Operation::Enable);
         Ok(entry)
     }
 
@@ -1187,7 +1193,7 @@ impl Engine {
         let entry = self
             .gatekeeper()
             .pause(&mut self.registry, actor, now, id)?;
-        self.hold_all(id);
+        self.hold_all(now, id);
         Ok(entry)
     }
 
@@ -1203,7 +1209,7 @@ impl Engine {
         let entry = self
             .gatekeeper()
             .resume(&mut self.registry, actor, now, id)?;
-        self.reactivate(now, id);
+        self.reactivate(now, id, Operation::Resume);
         Ok(entry)
     }
 
@@ -1221,11 +1227,7 @@ impl Engine {
             .delete(&mut self.registry, actor, now, id)?;
         for did in self.delivery_ids_of(id) {
             // A request already out ends when its result comes back: it may yet be delivered.
-            let in_flight = self
-                .deliveries
-                .get(&did)
-                .is_some_and(|d| matches!(d.state(), State::InFlight { .. }));
-            if !in_flight {
+            if self.would(Operation::Delete, now, did) {
                 self.abandon(now, did);
             }
         }
