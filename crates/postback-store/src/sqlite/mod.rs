@@ -202,24 +202,34 @@ struct Row {
     d: Delivery,
 }
 
+/// Every row of a statement, each read by `row`.
+fn all<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    row: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> Result<Vec<T>, StoreError> {
+    conn.prepare_cached(sql)
+        .db()?
+        .query_map(params, row)
+        .db()?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .db()
+}
+
 /// Rows from a statement returning `id, attempts_written, state`.
 fn rows(
     conn: &Connection,
     sql: &str,
     params: impl rusqlite::Params,
 ) -> Result<Vec<Row>, StoreError> {
-    let mut stmt = conn.prepare_cached(sql).db()?;
-    let raw = stmt
-        .query_map(params, |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, String>(2)?,
-            ))
-        })
-        .db()?
-        .collect::<rusqlite::Result<Vec<_>>>()
-        .db()?;
+    let raw: Vec<_> = all(conn, sql, params, |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, String>(2)?,
+        ))
+    })?;
     raw.into_iter()
         .map(|(id, written, state)| {
             Ok(Row {
@@ -407,12 +417,9 @@ fn load_registry(conn: &Connection) -> Result<Registry, StoreError> {
         .db()?;
     let precedence: Precedence = apply::from_json("the registry's precedence", &precedence)?;
     let mut registry = Registry::with_precedence(precedence);
-    let mut stmt = conn.prepare_cached(q(POSTBACKS, "all")?).db()?;
-    let raw = stmt
-        .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
-        .db()?
-        .collect::<rusqlite::Result<Vec<_>>>()
-        .db()?;
+    let raw: Vec<_> = all(conn, q(POSTBACKS, "all")?, [], |r| {
+        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+    })?;
     for (id, json) in raw {
         let what = format!("postback {id}");
         let p: Postback = apply::from_json(&what, &json)?;
@@ -527,12 +534,7 @@ fn json_rows<T: serde::de::DeserializeOwned>(
     sql: &str,
     params: impl rusqlite::Params,
 ) -> Result<Vec<T>, StoreError> {
-    let mut stmt = conn.prepare_cached(sql).db()?;
-    let texts = stmt
-        .query_map(params, |r| r.get::<_, String>(0))
-        .db()?
-        .collect::<rusqlite::Result<Vec<_>>>()
-        .db()?;
+    let texts: Vec<_> = all(conn, sql, params, |r| r.get::<_, String>(0))?;
     texts.iter().map(|t| apply::from_json(what, t)).collect()
 }
 
@@ -910,18 +912,13 @@ impl Store for SqliteStore {
 
     fn deliveries_count(&self) -> Result<Counts, StoreError> {
         let g = self.lock();
-        let mut stmt = g.conn.prepare_cached(q(DELIVERIES, "count")?).db()?;
-        let by = stmt
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, Option<i64>>(2)?,
-                ))
-            })
-            .db()?
-            .collect::<rusqlite::Result<Vec<_>>>()
-            .db()?;
+        let by: Vec<_> = all(&g.conn, q(DELIVERIES, "count")?, [], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, Option<i64>>(2)?,
+            ))
+        })?;
         let mut c = Counts::default();
         for (status, n, leased) in by {
             let n = u64::try_from(n).unwrap_or(0);
@@ -1039,58 +1036,45 @@ impl Store for SqliteStore {
             })
         };
         {
-            let mut stmt = tx.prepare_cached(q(DELIVERIES, "stats_counts")?).db()?;
-            let rows = stmt
-                .query_map([], |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, i64>(2)?,
-                    ))
-                })
-                .db()?
-                .collect::<rusqlite::Result<Vec<_>>>()
-                .db()?;
+            let rows: Vec<_> = all(&tx, q(DELIVERIES, "stats_counts")?, [], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })?;
             for (p, status, n) in rows {
                 raw.count(pid(p), &status, u64::try_from(n).unwrap_or(0));
             }
-            let mut stmt = tx.prepare_cached(q(DELIVERIES, "stats_unsettled")?).db()?;
-            let rows = stmt
-                .query_map(named_params! {":now": floor(now)}, |r| {
+            let rows: Vec<_> = all(
+                &tx,
+                q(DELIVERIES, "stats_unsettled")?,
+                named_params! {":now": floor(now)},
+                |r| {
                     Ok((
                         r.get::<_, String>(0)?,
                         r.get::<_, i64>(1)?,
                         r.get::<_, bool>(2)?,
                     ))
-                })
-                .db()?
-                .collect::<rusqlite::Result<Vec<_>>>()
-                .db()?;
+                },
+            )?;
             for (k, n, live) in rows {
                 raw.unsettled.push((key(&k)?, n, live));
             }
-            let mut stmt = tx.prepare_cached(q(HEALTH, "all")?).db()?;
-            let rows = stmt
-                .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
-                .db()?
-                .collect::<rusqlite::Result<Vec<_>>>()
-                .db()?;
+            let rows: Vec<_> = all(&tx, q(HEALTH, "all")?, [], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+            })?;
             for (p, json) in rows {
                 let h: Health = apply::from_json(&format!("health of postback {p}"), &json)?;
                 raw.health.insert(pid(p), h);
             }
-            let mut stmt = tx.prepare_cached(q(ATTEMPTS, "last_failures")?).db()?;
-            let rows = stmt
-                .query_map([], |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(3)?,
-                    ))
-                })
-                .db()?
-                .collect::<rusqlite::Result<Vec<_>>>()
-                .db()?;
+            let rows: Vec<_> = all(&tx, q(ATTEMPTS, "last_failures")?, [], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(3)?,
+                ))
+            })?;
             for (p, k, json) in rows {
                 let a: Attempt = apply::from_json(&format!("an attempt of {k}"), &json)?;
                 if let Some(f) = crate::stats::LastFailure::of(key(&k)?, &a) {
