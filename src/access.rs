@@ -186,9 +186,19 @@ pub enum AccessError {
     /// The registry refused.
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    /// A postback whose signing secrets were redacted (read back from an audit entry).
+    #[error(
+        "postback {0} carries signing secrets redacted from an audit entry: set its secrets again before creating or editing it"
+    )]
+    RedactedSecrets(PostbackId),
 }
 
 /// One authorized change: who, what, which postback, when, and the postback before and after.
+///
+/// Its `Debug` and its serialized form never show signing secrets: the postbacks are written
+/// with them redacted ([`Secret::is_redacted`](crate::signing::Secret::is_redacted)), so an
+/// audit trail can be shown and exported. A postback read back from an entry cannot sign, and
+/// [`Gatekeeper`] refuses to create or edit it until its secrets are set again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntry {
     /// Who.
@@ -200,9 +210,19 @@ pub struct AuditEntry {
     /// When.
     pub at: DateTime<Utc>,
     /// The postback before (absent on create).
+    #[serde(serialize_with = "signing_redacted")]
     pub before: Option<Postback>,
     /// The postback after (absent on delete).
+    #[serde(serialize_with = "signing_redacted")]
     pub after: Option<Postback>,
+}
+
+/// A postback as audit entries write it: with its signing secrets redacted.
+fn signing_redacted<S: serde::Serializer>(p: &Option<Postback>, s: S) -> Result<S::Ok, S::Error> {
+    match p {
+        Some(p) if p.signing().is_some() => Some(p.signing_redacted()).serialize(s),
+        _ => p.serialize(s),
+    }
 }
 
 /// Decide whether `actor` may do `op` to `target` under `settings`.
@@ -212,6 +232,12 @@ pub fn authorize(
     op: Operation,
     target: &Postback,
 ) -> Result<(), AccessError> {
+    // Whoever asks: a postback read back from an audit entry has no secrets to sign with.
+    if matches!(op, Operation::Create | Operation::Edit)
+        && target.signing().is_some_and(|s| s.is_redacted())
+    {
+        return Err(AccessError::RedactedSecrets(target.id()));
+    }
     let partner = match actor {
         Actor::Network(_) => return Ok(()),
         Actor::Partner(p) => p,

@@ -22,6 +22,7 @@
 //! | [`engine`] | the in-memory home of deliveries over those decisions: `handle_*` in, `poll_*` out, checked snapshots |
 //! | [`transport`] | the HTTP transport traits, clocks, and blocking and async drivers |
 //! | [`presets`] | postback templates for well-known trackers |
+//! | [`signing`] | signed postbacks (Standard Webhooks HMAC-SHA256, headers or query parameters) and the receiver's `verify`; the cryptography behind feature `signing` |
 //!
 //! `template` sits above `model` because a postback is validated by parsing its template when
 //! it is built; the template engine itself knows nothing of postbacks.
@@ -39,6 +40,7 @@ pub mod net;
 pub mod plan;
 pub mod presets;
 pub mod registry;
+pub mod signing;
 pub mod template;
 pub mod transport;
 

@@ -51,6 +51,7 @@ use serde::{Deserialize, Serialize};
 use crate::model::{
     DeliveryKey, HttpMethod, Method, Postback, PostbackId, Purpose, ResponseCheck, TriggerKind,
 };
+use crate::signing::Signed;
 use crate::template::{
     ExpandError, StoredValues, WithDeliveryId, redact_for_record, redact_url_with, scrub_text,
 };
@@ -306,6 +307,10 @@ pub enum RenderError {
         "postback {0} is a pixel or HTML code: render it in the page; only server-to-server postbacks are sent"
     )]
     NotServerToServer(PostbackId),
+    /// The postback signs its requests and this one cannot be signed (the crate lacks its
+    /// `signing` feature, or the secrets were redacted): it is not sent unsigned.
+    #[error(transparent)]
+    Signing(#[from] crate::signing::SigningError),
 }
 
 /// What a send needs besides the delivery: the postback as it is now, and the network's settings.
@@ -745,7 +750,8 @@ impl Delivery {
 
     /// The request a send makes now: the postback's current template expanded with this
     /// delivery's values and key, without the `#fragment` (never sent), plus the idempotency
-    /// header. Pure: previews and stores call it too.
+    /// header. Pure: previews and stores call it too. It carries no signature, which depends on
+    /// the time of the send: [`poll`](Self::poll) signs what it sends (see [`crate::signing`]).
     pub fn request(&self, ctx: &SendContext<'_>) -> Result<Outbound, RenderError> {
         render(&self.key, &self.values, ctx)
     }
@@ -756,6 +762,7 @@ impl Delivery {
     /// [`request`]: Self::request
     fn http_request(
         &self,
+        now: DateTime<Utc>,
         ctx: &SendContext<'_>,
         rendered: Option<Rendered>,
     ) -> Result<(Outgoing, Vec<String>), RenderError> {
@@ -765,6 +772,19 @@ impl Delivery {
                 let (method, url, key) = render_url(&self.key, &self.values, ctx)?;
                 (method, url, None, key)
             }
+        };
+        // Signed with this send's time, after the request is rendered (also when the plan
+        // rendered it): a query-style signature changes the URL, the headers style adds headers.
+        let (url, uri, signed) = match ctx.postback.signing() {
+            None => (url, uri, None),
+            Some(s) => match s.apply(&key, now.timestamp(), method, url)? {
+                Signed::Headers {
+                    url,
+                    timestamp,
+                    signature,
+                } => (url, uri, Some((timestamp, signature))),
+                Signed::Url(url) => (url, None, None),
+            },
         };
         let (shown, parts) = redact_for_record(&url, ctx.postback.secrets());
         let b = http::Request::builder().method(method.as_http());
@@ -777,6 +797,14 @@ impl Delivery {
             let name = http::HeaderName::try_from(h)
                 .map_err(|_| RequestError::InvalidHeader(h.to_owned()))?;
             b = b.header(name, key.as_str());
+        }
+        if let Some((timestamp, signature)) = signed {
+            // The key is URL-unreserved text, the timestamp digits and the signature base64:
+            // always valid header values.
+            b = b
+                .header(crate::signing::HEADER_ID, key.as_str())
+                .header(crate::signing::HEADER_TIMESTAMP, timestamp)
+                .header(crate::signing::HEADER_SIGNATURE, signature);
         }
         let req = b
             .body(Vec::new())
@@ -806,7 +834,7 @@ impl Delivery {
     ) -> Action {
         match self.state {
             State::Scheduled { at } if at <= now => {
-                let made = self.http_request(ctx, rendered);
+                let made = self.http_request(now, ctx, rendered);
                 self.check = ctx.postback.response_check().cloned();
                 match made {
                     Ok((out, parts)) => {
@@ -1065,7 +1093,8 @@ impl Delivery {
 
 /// The request of a delivery with `key` and `values` for the postback as it is now (see
 /// [`Delivery::request`]): pure, so a planner can check a trigger's values before any delivery
-/// exists, and a store can build what it sends.
+/// exists, and a store can build what it sends. Unsigned: a postback that signs its requests is
+/// signed by [`Delivery::poll`], with the send's time.
 pub fn render(
     key: &DeliveryKey,
     values: &StoredValues,
@@ -1099,6 +1128,9 @@ pub(crate) fn check_rendered(
     let (method, url, key) = render_url(key, values, ctx)?;
     let uri =
         http::Uri::try_from(url.as_str()).map_err(|e| RequestError::InvalidUrl(e.to_string()))?;
+    if let Some(s) = ctx.postback.signing() {
+        s.ready()?;
+    }
     if let Some(h) = ctx.idempotency_header {
         http::HeaderName::try_from(h).map_err(|_| RequestError::InvalidHeader(h.to_owned()))?;
     }

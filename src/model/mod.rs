@@ -21,6 +21,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::signing::{Signing, SigningError};
 use crate::template::{Catalog, Context, ExpandError, Options, Template, TemplateError};
 
 mod key;
@@ -467,6 +468,9 @@ pub enum ConfigError {
         /// The limit.
         max: usize,
     },
+    /// The signing settings cannot be used (among them: the crate lacks its `signing` feature).
+    #[error(transparent)]
+    Signing(#[from] SigningError),
 }
 
 /// A validated postback. Build one with [`Postback::builder`]; change one with
@@ -484,6 +488,8 @@ pub struct Postback {
     /// Carries the postback's literal secrets too, so its own `Debug` redacts them.
     template: Template,
     response_check: Option<ResponseCheck>,
+    /// Signed requests ([`crate::signing`]); its `Debug` redacts the secrets.
+    signing: Option<Signing>,
 }
 
 impl fmt::Debug for Postback {
@@ -495,6 +501,7 @@ impl fmt::Debug for Postback {
             .field("method", &self.method)
             .field("status", &self.status)
             .field("template", &self.template)
+            .field("signing", &self.signing)
             .finish_non_exhaustive()
     }
 }
@@ -525,6 +532,7 @@ impl Postback {
             template: Some(self.template.clone()),
             response_check: self.response_check.clone(),
             secrets: self.secrets().to_vec(),
+            signing: self.signing.clone(),
         }
     }
 
@@ -584,6 +592,16 @@ impl Postback {
     /// from debug output and attempt records.
     pub fn secrets(&self) -> &[String] {
         self.template.secrets()
+    }
+    /// How its requests are signed, if they are ([`crate::signing`]).
+    pub fn signing(&self) -> Option<&Signing> {
+        self.signing.as_ref()
+    }
+    /// This postback with its signing secrets redacted: what audit entries record.
+    pub(crate) fn signing_redacted(&self) -> Postback {
+        let mut p = self.clone();
+        p.signing = p.signing.as_ref().map(Signing::redacted);
+        p
     }
     /// The URL (or code) expanded with [`SampleValues`](crate::template::SampleValues), with
     /// `{delivery_id}` written exactly as a send writes it: the key of a sample trigger for this
@@ -654,6 +672,7 @@ pub struct PostbackBuilder {
     template: Option<Template>,
     response_check: Option<ResponseCheck>,
     secrets: Vec<String>,
+    signing: Option<Signing>,
 }
 
 impl fmt::Debug for PostbackBuilder {
@@ -687,6 +706,7 @@ impl PostbackBuilder {
             template: None,
             response_check: None,
             secrets: Vec::new(),
+            signing: None,
         }
     }
 
@@ -782,6 +802,13 @@ impl PostbackBuilder {
         self
     }
 
+    /// Sign every request ([`crate::signing`]), or not (`None`, the default). Without the crate's
+    /// `signing` feature, [`build`](Self::build) refuses a postback that asks for signing.
+    pub fn signing(mut self, s: impl Into<Option<Signing>>) -> Self {
+        self.signing = s.into();
+        self
+    }
+
     /// Validate and build.
     pub fn build(self) -> Result<Postback, ConfigError> {
         let (level, method) = if self.kind == Kind::Cpc {
@@ -862,6 +889,9 @@ impl PostbackBuilder {
                 .collect();
             return Err(ConfigError::MissingClickId(names.join(", ")));
         }
+        if let Some(s) = &self.signing {
+            s.check_for(method, &template)?;
+        }
         Ok(Postback {
             id: self.id,
             scope,
@@ -872,6 +902,7 @@ impl PostbackBuilder {
             delay: self.delay,
             template: template.with_secrets(self.secrets),
             response_check: self.response_check,
+            signing: self.signing,
         })
     }
 }
@@ -898,6 +929,9 @@ struct PostbackData {
         deserialize_with = "secrets_at_most"
     )]
     secrets: Vec<String>,
+    /// With its secrets: stores and snapshots rebuild signing postbacks from this form.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    signing: Option<Signing>,
 }
 
 /// At most [`MAX_SECRETS`] secrets, refused while reading.
@@ -921,6 +955,7 @@ impl From<Postback> for PostbackData {
             template: p.template,
             response_check: p.response_check,
             secrets,
+            signing: p.signing,
         }
     }
 }
@@ -941,6 +976,7 @@ impl TryFrom<PostbackData> for Postback {
         b.source = Some(d.template.as_str().to_owned());
         b.template = Some(d.template);
         b.response_check = d.response_check;
+        b.signing = d.signing;
         // Through `secret`, so a stored list is cleaned as a built one is (no empty or repeated
         // entries).
         for secret in d.secrets {
