@@ -195,7 +195,9 @@ pub enum SecretError {
 impl Secret {
     /// Read a secret written as `whsec_<base64>`.
     pub fn parse(text: &str) -> Result<Secret, SecretError> {
-        let body = text.strip_prefix(SECRET_PREFIX).ok_or(SecretError::Prefix)?;
+        let body = text
+            .strip_prefix(SECRET_PREFIX)
+            .ok_or(SecretError::Prefix)?;
         if body.is_empty() {
             return Err(SecretError::Empty);
         }
@@ -236,7 +238,8 @@ impl Secret {
         if !(MIN_SECRET_BYTES..=MAX_SECRET_BYTES).contains(&bytes.len()) {
             return Err(SecretError::Length(bytes.len()));
         }
-        let mac = HmacSha256::new_from_slice(bytes).map_err(|_| SecretError::Length(bytes.len()))?;
+        let mac =
+            HmacSha256::new_from_slice(bytes).map_err(|_| SecretError::Length(bytes.len()))?;
         Ok(Secret {
             inner: Inner::Key { text, mac },
         })
@@ -358,9 +361,13 @@ impl QueryNames {
     }
 
     fn names(&self) -> impl Iterator<Item = &str> {
-        [Some(self.signature.as_str()), Some(&self.timestamp), self.id.as_deref()]
-            .into_iter()
-            .flatten()
+        [
+            Some(self.signature.as_str()),
+            Some(&self.timestamp),
+            self.id.as_deref(),
+        ]
+        .into_iter()
+        .flatten()
     }
 
     fn check(&self) -> Result<(), SigningError> {
@@ -368,9 +375,9 @@ impl QueryNames {
         for name in self.names() {
             let valid = !name.is_empty()
                 && name.len() <= MAX_NAME
-                && name.bytes().all(|c| {
-                    c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~')
-                });
+                && name
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~'));
             if !valid {
                 return Err(SigningError::InvalidParameterName(name.to_owned()));
             }
@@ -473,12 +480,12 @@ pub enum SigningError {
     #[error("a signing secret is listed twice: list each secret once")]
     DuplicateSecret,
     /// A query parameter name that is empty, too long, or outside `A-Z a-z 0-9 - . _ ~`.
-    #[error(
-        "`{0}` cannot name a signing parameter: use 1 to 64 characters of A-Z a-z 0-9 - . _ ~"
-    )]
+    #[error("`{0}` cannot name a signing parameter: use 1 to 64 characters of A-Z a-z 0-9 - . _ ~")]
     InvalidParameterName(String),
     /// Two signing parameters with one name.
-    #[error("two signing parameters are named `{0}`: give the signature, timestamp and id parameters different names")]
+    #[error(
+        "two signing parameters are named `{0}`: give the signature, timestamp and id parameters different names"
+    )]
     SameParameterName(String),
     /// The postback's URL already has a parameter of that name.
     #[error(
@@ -567,7 +574,11 @@ impl Signing {
 
     /// The build-time check of a postback with these settings: the feature is on, the postback
     /// is server-to-server, and no parameter of the URL has a signing parameter's name.
-    pub(crate) fn check_for(&self, method: Method, template: &Template) -> Result<(), SigningError> {
+    pub(crate) fn check_for(
+        &self,
+        method: Method,
+        template: &Template,
+    ) -> Result<(), SigningError> {
         if cfg!(not(feature = "signing")) {
             return Err(SigningError::Unavailable);
         }
@@ -719,7 +730,15 @@ fn signature_value(
     body: &[u8],
 ) -> Result<String, SigningError> {
     // The signed content, fed in pieces: `{id}.{ts}.{url}` and, for POST, `\n{body}`.
-    let pieces: [&[u8]; 7] = [id.as_bytes(), b".", ts.as_bytes(), b".", url.as_bytes(), b"\n", body];
+    let pieces: [&[u8]; 7] = [
+        id.as_bytes(),
+        b".",
+        ts.as_bytes(),
+        b".",
+        url.as_bytes(),
+        b"\n",
+        body,
+    ];
     let n = if method == http::Method::POST { 7 } else { 5 };
     sign_pieces(secrets, &pieces[..n])
 }
@@ -769,7 +788,9 @@ pub fn sign(
 #[non_exhaustive]
 pub enum VerifyError {
     /// No secret to verify with.
-    #[error("no secret to verify with: pass the postback's signing secret (or secrets, during a rotation)")]
+    #[error(
+        "no secret to verify with: pass the postback's signing secret (or secrets, during a rotation)"
+    )]
     NoSecrets,
     /// A secret was redacted.
     #[error("a signing secret is redacted and cannot verify: pass the secret as it was issued")]
@@ -789,7 +810,9 @@ pub enum VerifyError {
     )]
     SignatureNotLast(String),
     /// The id is empty, or holds characters outside `A-Z a-z 0-9 - . _ ~`.
-    #[error("the id is empty or holds characters a delivery key never has: the request was altered")]
+    #[error(
+        "the id is empty or holds characters a delivery key never has: the request was altered"
+    )]
     InvalidId,
     /// The timestamp is not a decimal count of seconds.
     #[error("the timestamp is not a whole number of unix seconds: the request was altered")]
@@ -819,7 +842,9 @@ pub enum VerifyError {
         tolerance: u64,
     },
     /// The signature value is empty or has no `v1,<base64>` entry.
-    #[error("the signature holds no `v1,<base64>` entry: the request is not signed with HMAC-SHA256")]
+    #[error(
+        "the signature holds no `v1,<base64>` entry: the request is not signed with HMAC-SHA256"
+    )]
     NoSignature,
     /// An entry of the signature value is not `version,signature`.
     #[error("the signature is malformed: entries are `v1,<base64>`, separated by spaces")]
@@ -1031,9 +1056,7 @@ pub fn verify_url(
         None => "",
     };
     let payload = payload(method, signed, body);
-    verify_content(
-        id, timestamp, &signature, &payload, secrets, now, tolerance,
-    )
+    verify_content(id, timestamp, &signature, &payload, secrets, now, tolerance)
 }
 
 /// The raw value of the last parameter `name` in `query`.
@@ -1102,7 +1125,10 @@ mod tests {
 
     #[test]
     fn the_payload_is_the_url_and_for_post_a_line_feed_and_the_body() {
-        assert_eq!(payload(&http::Method::GET, "https://a/b?c=1", b"x"), b"https://a/b?c=1");
+        assert_eq!(
+            payload(&http::Method::GET, "https://a/b?c=1", b"x"),
+            b"https://a/b?c=1"
+        );
         assert_eq!(
             payload(&http::Method::POST, "https://a/b?c=1", b"x"),
             b"https://a/b?c=1\nx"
@@ -1124,11 +1150,17 @@ mod tests {
         assert_eq!(err, ConfigError::Signing(SigningError::Unavailable));
         assert!(err.to_string().contains("`signing` feature"), "{err}");
         // A stored postback that asks for signing does not read back unsigned either.
-        let stored = r#"{"id":1,"level":"partner_global","partner":7,"kind":{"type":"conversion"},
-            "method":{"type":"server_to_server","http":"GET"},"status":{"state":"active"},
-            "template":"https://t.example/pb?cid={sub1}",
-            "signing":{"style":"headers","secrets":["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]}}"#;
-        let read = serde_json::from_str::<Postback>(stored);
+        let unsigned = Postback::builder(PostbackId::new(1))
+            .partner(PartnerId::new(7))
+            .url("https://t.example/pb?cid={sub1}")
+            .build()
+            .unwrap();
+        let mut stored = serde_json::to_value(&unsigned).unwrap();
+        stored["signing"] = serde_json::json!({
+            "style": "headers",
+            "secrets": ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"],
+        });
+        let read = serde_json::from_value::<Postback>(stored);
         assert!(read.is_err_and(|e| e.to_string().contains("`signing` feature")));
     }
 
@@ -1158,7 +1190,15 @@ mod tests {
         fn the_standard_webhooks_test_vector_signs_and_verifies_exactly() {
             assert_eq!(sign(ID, TS, PAYLOAD, &[key()]).unwrap(), EXPECTED);
             assert_eq!(
-                verify(ID, "1614265330", EXPECTED, PAYLOAD, &[key()], at(TS), DEFAULT_TOLERANCE),
+                verify(
+                    ID,
+                    "1614265330",
+                    EXPECTED,
+                    PAYLOAD,
+                    &[key()],
+                    at(TS),
+                    DEFAULT_TOLERANCE
+                ),
                 Ok(())
             );
             // The Rust library's vector of the same specification.
@@ -1184,14 +1224,30 @@ mod tests {
             assert_ne!(parts[0], parts[1]);
             for s in [key(), other()] {
                 assert_eq!(
-                    verify(ID, "1614265330", &value, PAYLOAD, &[s], at(TS), DEFAULT_TOLERANCE),
+                    verify(
+                        ID,
+                        "1614265330",
+                        &value,
+                        PAYLOAD,
+                        &[s],
+                        at(TS),
+                        DEFAULT_TOLERANCE
+                    ),
                     Ok(())
                 );
             }
             // The receiver may hold both during the rotation, and the sender only the new one.
             let new_only = sign(ID, TS, PAYLOAD, &[other()]).unwrap();
             assert_eq!(
-                verify(ID, "1614265330", &new_only, PAYLOAD, &[key(), other()], at(TS), DEFAULT_TOLERANCE),
+                verify(
+                    ID,
+                    "1614265330",
+                    &new_only,
+                    PAYLOAD,
+                    &[key(), other()],
+                    at(TS),
+                    DEFAULT_TOLERANCE
+                ),
                 Ok(())
             );
         }
@@ -1199,7 +1255,15 @@ mod tests {
         #[test]
         fn a_stale_or_a_future_timestamp_is_refused_and_the_edges_are_accepted() {
             let v = |now: i64| {
-                verify(ID, "1614265330", EXPECTED, PAYLOAD, &[key()], at(now), DEFAULT_TOLERANCE)
+                verify(
+                    ID,
+                    "1614265330",
+                    EXPECTED,
+                    PAYLOAD,
+                    &[key()],
+                    at(now),
+                    DEFAULT_TOLERANCE,
+                )
             };
             assert_eq!(v(TS + 300), Ok(()));
             assert_eq!(v(TS - 300), Ok(()));
@@ -1224,7 +1288,15 @@ mod tests {
         #[test]
         fn a_wrong_secret_is_refused() {
             assert_eq!(
-                verify(ID, "1614265330", EXPECTED, PAYLOAD, &[other()], at(TS), DEFAULT_TOLERANCE),
+                verify(
+                    ID,
+                    "1614265330",
+                    EXPECTED,
+                    PAYLOAD,
+                    &[other()],
+                    at(TS),
+                    DEFAULT_TOLERANCE
+                ),
                 Err(VerifyError::Mismatch)
             );
         }
@@ -1235,33 +1307,67 @@ mod tests {
                 verify(id, ts, sig, PAYLOAD, &[key()], at(TS), DEFAULT_TOLERANCE)
             };
             assert_eq!(v(ID, "1614265330", ""), Err(VerifyError::NoSignature));
-            assert_eq!(v(ID, "1614265330", "v1a,abc"), Err(VerifyError::NoSignature));
-            assert_eq!(v(ID, "1614265330", "nocomma"), Err(VerifyError::MalformedSignature));
+            assert_eq!(
+                v(ID, "1614265330", "v1a,abc"),
+                Err(VerifyError::NoSignature)
+            );
+            assert_eq!(
+                v(ID, "1614265330", "nocomma"),
+                Err(VerifyError::MalformedSignature)
+            );
             assert_eq!(v(ID, "1614265330", "v1,"), Err(VerifyError::Mismatch));
             assert_eq!(v(ID, "1614265330", "v1,!!!"), Err(VerifyError::Mismatch));
             assert_eq!(v(ID, "hello", EXPECTED), Err(VerifyError::InvalidTimestamp));
-            assert_eq!(v(ID, "-1614265330", EXPECTED), Err(VerifyError::InvalidTimestamp));
-            assert_eq!(v(ID, " 1614265330", EXPECTED), Err(VerifyError::InvalidTimestamp));
+            assert_eq!(
+                v(ID, "-1614265330", EXPECTED),
+                Err(VerifyError::InvalidTimestamp)
+            );
+            assert_eq!(
+                v(ID, " 1614265330", EXPECTED),
+                Err(VerifyError::InvalidTimestamp)
+            );
             assert_eq!(v("", "1614265330", EXPECTED), Err(VerifyError::InvalidId));
-            assert_eq!(v("a/b", "1614265330", EXPECTED), Err(VerifyError::InvalidId));
+            assert_eq!(
+                v("a/b", "1614265330", EXPECTED),
+                Err(VerifyError::InvalidId)
+            );
             // A bad entry does not hide a good one after it.
             assert_eq!(
                 v(ID, "1614265330", &format!("v1,!!! v1a,xyz {EXPECTED}")),
                 Ok(())
             );
             assert_eq!(
-                verify(ID, "1614265330", EXPECTED, PAYLOAD, &[], at(TS), DEFAULT_TOLERANCE),
+                verify(
+                    ID,
+                    "1614265330",
+                    EXPECTED,
+                    PAYLOAD,
+                    &[],
+                    at(TS),
+                    DEFAULT_TOLERANCE
+                ),
                 Err(VerifyError::NoSecrets)
             );
             assert_eq!(
-                verify(ID, "1614265330", EXPECTED, PAYLOAD, &[Secret::redacted()], at(TS), DEFAULT_TOLERANCE),
+                verify(
+                    ID,
+                    "1614265330",
+                    EXPECTED,
+                    PAYLOAD,
+                    &[Secret::redacted()],
+                    at(TS),
+                    DEFAULT_TOLERANCE
+                ),
                 Err(VerifyError::RedactedSecret)
             );
         }
 
         #[test]
         fn secrets_are_checked_for_base64_and_length() {
-            assert_eq!(Secret::parse("whsec_not base64!").unwrap_err(), SecretError::Base64);
+            assert_eq!(
+                Secret::parse("whsec_not base64!").unwrap_err(),
+                SecretError::Base64
+            );
             assert_eq!(
                 Secret::parse("whsec_c2hvcnQ=").unwrap_err(),
                 SecretError::Length(5)
@@ -1278,8 +1384,13 @@ mod tests {
         fn the_headers_style_signs_the_url_with_the_key_and_the_time() {
             let signing = Signing::headers([key()]).unwrap();
             let url = "https://t.example/pb?cid=1".to_owned();
-            let Signed::Headers { url: sent, timestamp, signature } =
-                signing.apply("1.2.conversion.0", TS, HttpMethod::Get, url.clone()).unwrap()
+            let Signed::Headers {
+                url: sent,
+                timestamp,
+                signature,
+            } = signing
+                .apply("1.2.conversion.0", TS, HttpMethod::Get, url.clone())
+                .unwrap()
             else {
                 panic!("headers style")
             };
@@ -1290,8 +1401,11 @@ mod tests {
                 sign("1.2.conversion.0", TS, url.as_bytes(), &[key()]).unwrap()
             );
             // POST signs the URL, a line feed and the (empty) body.
-            let Signed::Headers { signature: post, .. } =
-                signing.apply("1.2.conversion.0", TS, HttpMethod::Post, url.clone()).unwrap()
+            let Signed::Headers {
+                signature: post, ..
+            } = signing
+                .apply("1.2.conversion.0", TS, HttpMethod::Post, url.clone())
+                .unwrap()
             else {
                 panic!("headers style")
             };
@@ -1304,14 +1418,20 @@ mod tests {
             let names = QueryNames::new("sig", "ts").id("did");
             let signing = Signing::query(names.clone(), [key(), other()]).unwrap();
             let Signed::Url(url) = signing
-                .apply("1.2.conversion.0", TS, HttpMethod::Get, "https://t.example/pb?cid=1".into())
+                .apply(
+                    "1.2.conversion.0",
+                    TS,
+                    HttpMethod::Get,
+                    "https://t.example/pb?cid=1".into(),
+                )
                 .unwrap()
             else {
                 panic!("query style")
             };
             let signed = "https://t.example/pb?cid=1&ts=1614265330&did=1.2.conversion.0";
             assert!(url.starts_with(&format!("{signed}&sig=v1%2C")), "{url}");
-            let expected = sign("1.2.conversion.0", TS, signed.as_bytes(), &[key(), other()]).unwrap();
+            let expected =
+                sign("1.2.conversion.0", TS, signed.as_bytes(), &[key(), other()]).unwrap();
             let encoded: String =
                 percent_encoding::utf8_percent_encode(&expected, crate::template::COMPONENT_SET)
                     .collect();
@@ -1327,12 +1447,20 @@ mod tests {
             let bare = QueryNames::new("sig", "ts");
             let signing = Signing::query(bare.clone(), [key()]).unwrap();
             let Signed::Url(url) = signing
-                .apply("1.2.conversion.0", TS, HttpMethod::Get, "https://t.example/pb/1".into())
+                .apply(
+                    "1.2.conversion.0",
+                    TS,
+                    HttpMethod::Get,
+                    "https://t.example/pb/1".into(),
+                )
                 .unwrap()
             else {
                 panic!("query style")
             };
-            assert!(url.starts_with("https://t.example/pb/1?ts=1614265330&sig="), "{url}");
+            assert!(
+                url.starts_with("https://t.example/pb/1?ts=1614265330&sig="),
+                "{url}"
+            );
             assert_eq!(
                 verify_url(&get, &url, b"", &bare, &[key()], at(TS), DEFAULT_TOLERANCE),
                 Ok(())
@@ -1340,16 +1468,40 @@ mod tests {
             // Moved, missing or altered parameters are refused.
             let moved = url.replace("?ts=1614265330&sig=", "?sig=") + "&ts=1614265330";
             assert_eq!(
-                verify_url(&get, &moved, b"", &bare, &[key()], at(TS), DEFAULT_TOLERANCE),
+                verify_url(
+                    &get,
+                    &moved,
+                    b"",
+                    &bare,
+                    &[key()],
+                    at(TS),
+                    DEFAULT_TOLERANCE
+                ),
                 Err(VerifyError::SignatureNotLast("sig".into()))
             );
             assert_eq!(
-                verify_url(&get, "https://t.example/pb/1?ts=1", b"", &bare, &[key()], at(TS), DEFAULT_TOLERANCE),
+                verify_url(
+                    &get,
+                    "https://t.example/pb/1?ts=1",
+                    b"",
+                    &bare,
+                    &[key()],
+                    at(TS),
+                    DEFAULT_TOLERANCE
+                ),
                 Err(VerifyError::MissingParameter("sig".into()))
             );
             let later = url.replace("ts=1614265330", "ts=1614265331");
             assert_eq!(
-                verify_url(&get, &later, b"", &bare, &[key()], at(TS), DEFAULT_TOLERANCE),
+                verify_url(
+                    &get,
+                    &later,
+                    b"",
+                    &bare,
+                    &[key()],
+                    at(TS),
+                    DEFAULT_TOLERANCE
+                ),
                 Err(VerifyError::Mismatch)
             );
             assert_eq!(
