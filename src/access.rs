@@ -232,12 +232,6 @@ pub fn authorize(
     op: Operation,
     target: &Postback,
 ) -> Result<(), AccessError> {
-    // Whoever asks: a postback read back from an audit entry has no secrets to sign with.
-    if matches!(op, Operation::Create | Operation::Edit)
-        && target.signing().is_some_and(|s| s.is_redacted())
-    {
-        return Err(AccessError::RedactedSecrets(target.id()));
-    }
     let partner = match actor {
         Actor::Network(_) => return Ok(()),
         Actor::Partner(p) => p,
@@ -270,6 +264,15 @@ pub fn authorize(
     }
 }
 
+/// A postback read back from an audit entry has no secrets to sign with: whoever asks, it is not
+/// created or made the new version of a postback until its secrets are set again.
+fn refuse_redacted(p: &Postback) -> Result<(), AccessError> {
+    if p.signing().is_some_and(|s| s.is_redacted()) {
+        return Err(AccessError::RedactedSecrets(p.id()));
+    }
+    Ok(())
+}
+
 /// Applies changes to a [`Registry`] on behalf of an actor, after [`authorize`], and returns the
 /// audit entry of each change. Nothing changes when the answer is an error.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -293,6 +296,7 @@ impl Gatekeeper {
         postback: Postback,
     ) -> Result<AuditEntry, AccessError> {
         authorize(&self.settings, actor, Operation::Create, &postback)?;
+        refuse_redacted(&postback)?;
         if let Some(partner) = postback.partner() {
             let max = self.settings.max_postbacks_per_partner;
             if registry.count_of_partner(partner) >= max {
@@ -327,6 +331,7 @@ impl Gatekeeper {
         let before = registry.get(id).ok_or(RegistryError::NotFound(id))?;
         authorize(&self.settings, actor, Operation::Edit, before)?;
         authorize(&self.settings, actor, Operation::Edit, &postback)?;
+        refuse_redacted(&postback)?;
         // An edit changes configuration, never status: an edit made from a copy loaded before an
         // automatic disable must not switch the postback back on. Status changes go through
         // pause, resume and enable.
