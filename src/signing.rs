@@ -133,6 +133,13 @@ pub const HEADER_TIMESTAMP: &str = "webhook-timestamp";
 /// The header that carries the signatures.
 pub const HEADER_SIGNATURE: &str = "webhook-signature";
 
+/// [`HEADER_ID`], parsed once (at compile time).
+pub(crate) const ID_NAME: http::HeaderName = http::HeaderName::from_static(HEADER_ID);
+/// [`HEADER_TIMESTAMP`], parsed once.
+pub(crate) const TIMESTAMP_NAME: http::HeaderName = http::HeaderName::from_static(HEADER_TIMESTAMP);
+/// [`HEADER_SIGNATURE`], parsed once.
+pub(crate) const SIGNATURE_NAME: http::HeaderName = http::HeaderName::from_static(HEADER_SIGNATURE);
+
 /// How far a timestamp may be from the receiver's clock, either way, by default (Standard
 /// Webhooks' libraries use five minutes).
 pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);

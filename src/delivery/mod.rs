@@ -801,10 +801,11 @@ impl Delivery {
         if let Some((timestamp, signature)) = signed {
             // The key is URL-unreserved text, the timestamp digits and the signature base64:
             // always valid header values.
+            use crate::signing::{ID_NAME, SIGNATURE_NAME, TIMESTAMP_NAME};
             b = b
-                .header(crate::signing::HEADER_ID, key.as_str())
-                .header(crate::signing::HEADER_TIMESTAMP, timestamp)
-                .header(crate::signing::HEADER_SIGNATURE, signature);
+                .header(ID_NAME, key.as_str())
+                .header(TIMESTAMP_NAME, timestamp)
+                .header(SIGNATURE_NAME, signature);
         }
         let req = b
             .body(Vec::new())
