@@ -1070,11 +1070,10 @@ pub fn verify_url(
 #[cfg(feature = "signing")]
 fn query_value<'q>(query: &'q str, name: &str) -> Option<&'q str> {
     query
-        .split('&')
-        .filter_map(|p| p.split_once('=').or(Some((p, ""))))
-        .filter(|(k, _)| *k == name)
+        .rsplit('&')
+        .map(|p| p.split_once('=').unwrap_or((p, "")))
+        .find(|(k, _)| *k == name)
         .map(|(_, v)| v)
-        .last()
 }
 
 #[cfg(test)]

@@ -83,19 +83,21 @@ fn to_http(r: &Request) -> http::Request<Vec<u8>> {
     b.body(r.body.clone()).expect("a valid request")
 }
 
+/// How the partner checks a request: the request, the origin it serves, its secrets, its clock.
+type Check = fn(&Request, &str, &[Secret], DateTime<Utc>) -> Result<(), VerifyError>;
+
+/// What the partner's verification said of each request, in arrival order.
+type Verdicts = Arc<Mutex<Vec<Result<(), VerifyError>>>>;
+
 /// A partner that verifies every request with `secrets` at its own clock (the test's), answers
 /// 503 to the first and then 200 to each request that verifies (401 otherwise), and records what
 /// verification said.
 fn verifying_partner(
     clock: &ManualClock,
     secrets: Vec<Secret>,
-    check: fn(&Request, &str, &[Secret], DateTime<Utc>) -> Result<(), VerifyError>,
-) -> (
-    Receiver,
-    Arc<Mutex<Vec<Result<(), VerifyError>>>>,
-    Arc<Mutex<String>>,
-) {
-    let results = Arc::new(Mutex::new(Vec::new()));
+    check: Check,
+) -> (Receiver, Verdicts) {
+    let results: Verdicts = Arc::new(Mutex::new(Vec::new()));
     let origin = Arc::new(Mutex::new(String::new()));
     let (r, o, c) = (Arc::clone(&results), Arc::clone(&origin), clock.clone());
     let rx = Receiver::start(move |req, n| {
@@ -114,7 +116,7 @@ fn verifying_partner(
     if let Ok(mut o) = origin.lock() {
         *o = rx.url("");
     }
-    (rx, results, origin)
+    (rx, results)
 }
 
 fn by_headers(
@@ -198,7 +200,7 @@ async fn a_worker_on_sqlite_signs_each_attempt_after_a_restart_and_the_partner_v
     let path = dir.path().join("postback.sqlite");
     let clock = ManualClock::new(t0());
     // The partner holds only the new secret; the network signs with both during the rotation.
-    let (rx, results, _) = verifying_partner(&clock, vec![secret(NEXT_SECRET)], by_headers);
+    let (rx, results) = verifying_partner(&clock, vec![secret(NEXT_SECRET)], by_headers);
     let signing = Signing::headers([secret(SECRET), secret(NEXT_SECRET)]).expect("valid signing");
     let pb = Postback::builder(PB)
         .partner(PARTNER)
@@ -262,7 +264,7 @@ async fn a_worker_on_sqlite_signs_in_query_parameters_and_the_partner_verifies_t
     let dir = tempfile::tempdir().expect("a temporary directory");
     let path = dir.path().join("postback.sqlite");
     let clock = ManualClock::new(t0());
-    let (rx, results, _) = verifying_partner(&clock, vec![secret(SECRET)], by_query);
+    let (rx, results) = verifying_partner(&clock, vec![secret(SECRET)], by_query);
     let names = QueryNames::new("sig", "ts").id("did");
     let pb = Postback::builder(PB)
         .partner(PARTNER)
