@@ -1,8 +1,8 @@
 //! Signed postbacks: an HMAC-SHA256 signature over the delivery key, the time of the send and the
 //! exact request, so a partner can prove that a postback came from the network and is not a
 //! replay. The scheme is the symmetric one of the [Standard Webhooks] specification; this module
-//! also holds the receiver's side ([`verify`], [`verify_request`], [`verify_url`]), so partners
-//! written in Rust check signatures with the same code that makes them.
+//! also holds the receiver's side (`verify`, `verify_request`, `verify_url`, with the feature),
+//! so partners written in Rust check signatures with the same code that makes them.
 //!
 //! [Standard Webhooks]: https://www.standardwebhooks.com/
 //!
@@ -12,7 +12,7 @@
 //! and a [`Signing`]: a [`Style`] and one to [`MAX_SIGNING_SECRETS`] [`Secret`]s (several at a
 //! time, for rotation). These types exist with or without the crate's `signing` feature, so a
 //! postback's shape and serialized form never change with features. The cryptography (signing a
-//! send, [`sign`], [`verify`] and its helpers) needs the feature, which brings in RustCrypto's
+//! send, `sign`, `verify` and its helpers) needs the feature, which brings in RustCrypto's
 //! `hmac` and `sha2` and the `base64` crate; no cryptography is written here. Without the feature,
 //! building a postback that asks for signing fails with
 //! [`SigningError::Unavailable`] (inside [`ConfigError::Signing`](crate::model::ConfigError::Signing)):
@@ -56,7 +56,7 @@
 //! id parameter). Then `&{signature name}=` and the signature value, percent-encoded (`,` is
 //! `%2C`, space `%20`, `+` `%2B`, `/` `%2F`, `=` `%3D`), is appended last. A receiver cuts the
 //! URL it received before the `&` of the signature parameter, which must be the last one, and
-//! checks that prefix ([`verify_url`] does all of it).
+//! checks that prefix (`verify_url` does all of it).
 //!
 //! ```text
 //! https://t.example/pb?cid=abc&ts=1767225600&did=1001.7.conversion.0&sig=v1%2C...%3D
@@ -67,7 +67,7 @@
 //!
 //! A [`Secret`] is written as Standard Webhooks writes it: `whsec_` and the base64 of 24 to 64
 //! random bytes. The crate draws no randomness: make the bytes elsewhere and pass them to
-//! [`Secret::from_bytes`], or parse a secret issued before with [`Secret::parse`].
+//! `Secret::from_bytes`, or parse a secret issued before with [`Secret::parse`].
 //!
 //! Secrets are redacted everywhere they could be shown: the `Debug` of a [`Secret`], a
 //! [`Signing`], a postback and its builder, errors, and the serialized form of audit entries
