@@ -23,8 +23,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::template::{Catalog, Context, ExpandError, Options, Template, TemplateError};
 
+mod correction;
 mod key;
 
+pub use correction::{
+    ConversionStatus, Correction, Corrections, MAX_STATUS_WORD, StatusWordError, StatusWords,
+};
 pub use key::{
     DeliveryKey, KeyParseError, MAX_TRIGGER_ID, Purpose, TriggerId, TriggerIdError, TriggerKind,
 };
@@ -457,6 +461,21 @@ pub enum ConfigError {
         "the click id macro {0} stands only in the `#fragment`, which is never sent to the partner's server: move it into the query"
     )]
     ClickIdInFragment(String),
+    /// Corrections asked of a postback that is not server-to-server (a pixel renders on the
+    /// conversion page; a later status change has no page).
+    #[error(
+        "corrections are sent server-to-server only, and this postback is a {0} postback: turn corrections off, or make it server-to-server"
+    )]
+    CorrectionsNotServerToServer(Method),
+    /// Corrections asked of a CPC postback: a click has no status to change.
+    #[error("a CPC postback cannot take corrections (a click has no status): turn corrections off")]
+    CorrectionsOnCpc,
+    /// Corrections asked of a URL that does not send the status, so a rejection would read as
+    /// the same conversion sent again.
+    #[error(
+        "the postback takes corrections but its URL does not send {{conversion_status}}, so the partner could not tell a rejection from a repeat: add the partner's status parameter, such as `&status={{conversion_status}}`"
+    )]
+    CorrectionsWithoutStatus,
     /// More literal secrets than [`MAX_SECRETS`].
     #[error(
         "the postback marks {count} secrets; the limit is {max}: mark only the literal keys its URL carries"
@@ -484,6 +503,7 @@ pub struct Postback {
     /// Carries the postback's literal secrets too, so its own `Debug` redacts them.
     template: Template,
     response_check: Option<ResponseCheck>,
+    corrections: Corrections,
 }
 
 impl fmt::Debug for Postback {
@@ -525,6 +545,7 @@ impl Postback {
             template: Some(self.template.clone()),
             response_check: self.response_check.clone(),
             secrets: self.secrets().to_vec(),
+            corrections: self.corrections.clone(),
         }
     }
 
@@ -579,6 +600,10 @@ impl Postback {
     /// The check applied to response bodies, if any.
     pub fn response_check(&self) -> Option<&ResponseCheck> {
         self.response_check.as_ref()
+    }
+    /// Which status changes it is told of ([`Corrections`]; none by default).
+    pub fn corrections(&self) -> &Corrections {
+        &self.corrections
     }
     /// Literal parts of the URL that are secrets (a tracker's key in the path, say): redacted
     /// from debug output and attempt records.
@@ -654,6 +679,7 @@ pub struct PostbackBuilder {
     template: Option<Template>,
     response_check: Option<ResponseCheck>,
     secrets: Vec<String>,
+    corrections: Corrections,
 }
 
 impl fmt::Debug for PostbackBuilder {
@@ -687,6 +713,7 @@ impl PostbackBuilder {
             template: None,
             response_check: None,
             secrets: Vec::new(),
+            corrections: Corrections::none(),
         }
     }
 
@@ -766,6 +793,13 @@ impl PostbackBuilder {
     /// Check response bodies (for receivers that answer 200 on rejection).
     pub fn response_check(mut self, c: ResponseCheck) -> Self {
         self.response_check = Some(c);
+        self
+    }
+
+    /// Tell the partner of these status changes of a conversion after it fired (off by
+    /// default). Needs a server-to-server postback whose URL sends `{conversion_status}`.
+    pub fn corrections(mut self, c: Corrections) -> Self {
+        self.corrections = c;
         self
     }
 
@@ -862,6 +896,20 @@ impl PostbackBuilder {
                 .collect();
             return Err(ConfigError::MissingClickId(names.join(", ")));
         }
+        if self.corrections.is_on() {
+            if self.kind == Kind::Cpc {
+                return Err(ConfigError::CorrectionsOnCpc);
+            }
+            if !method.is_server_to_server() {
+                return Err(ConfigError::CorrectionsNotServerToServer(method));
+            }
+            if !template
+                .macros()
+                .any(|m| m == crate::template::Macro::CONVERSION_STATUS)
+            {
+                return Err(ConfigError::CorrectionsWithoutStatus);
+            }
+        }
         Ok(Postback {
             id: self.id,
             scope,
@@ -872,6 +920,7 @@ impl PostbackBuilder {
             delay: self.delay,
             template: template.with_secrets(self.secrets),
             response_check: self.response_check,
+            corrections: self.corrections,
         })
     }
 }
@@ -898,6 +947,8 @@ struct PostbackData {
         deserialize_with = "secrets_at_most"
     )]
     secrets: Vec<String>,
+    #[serde(default, skip_serializing_if = "Corrections::is_default")]
+    corrections: Corrections,
 }
 
 /// At most [`MAX_SECRETS`] secrets, refused while reading.
@@ -921,6 +972,7 @@ impl From<Postback> for PostbackData {
             template: p.template,
             response_check: p.response_check,
             secrets,
+            corrections: p.corrections,
         }
     }
 }
@@ -941,6 +993,7 @@ impl TryFrom<PostbackData> for Postback {
         b.source = Some(d.template.as_str().to_owned());
         b.template = Some(d.template);
         b.response_check = d.response_check;
+        b.corrections = d.corrections;
         // Through `secret`, so a stored list is cleaned as a built one is (no empty or repeated
         // entries).
         for secret in d.secrets {
