@@ -1,5 +1,5 @@
 //! The engine: registry, templates and deliveries composed into one sans-IO object, over the
-//! core's decisions ([`plan_trigger`] with its hold rule
+//! core's decisions ([`plan_trigger`](crate::plan::plan_trigger) with its hold rule
 //! [`held_for`], [`Delivery`], [`Health`], the status transitions of
 //! [`Status`](crate::model::Status)), which a durable store calls the same way.
 //!
@@ -577,9 +577,13 @@ impl Engine {
 
     /// A conversion, event or CPC click happened: create deliveries for the server-to-server
     /// postbacks that fire (and held ones, see [`held_for`]), and render the pixels
-    /// ([`plan_trigger`] decides). A postback this trigger id already fired gets nothing new
+    /// ([`plan_trigger`](crate::plan::plan_trigger) decides). A postback this trigger id already fired gets nothing new
     /// ([`Fired::duplicates`]); its pixels are rendered again. One postback's bad value does not
     /// stop the others; it is reported in [`Fired::errors`].
+    ///
+    /// A correction ([`Trigger::corrected`]) follows the conversion to the postbacks that had it
+    /// and opted in ([`plan_correction`]), and each is sent only after the earlier revisions of
+    /// the conversion to that postback finished.
     pub fn handle_trigger<V: MacroValues + ?Sized>(
         &mut self,
         now: DateTime<Utc>,
@@ -673,7 +677,7 @@ impl Engine {
             .max_value_len(Some(config.max_value_len))
     }
 
-    /// Create a delivery whose request was checked ([`plan_trigger`] checks a trigger's).
+    /// Create a delivery whose request was checked ([`plan_trigger`](crate::plan::plan_trigger) checks a trigger's).
     fn create_delivery(
         &mut self,
         now: DateTime<Utc>,
