@@ -1,5 +1,5 @@
 //! The engine: registry, templates and deliveries composed into one sans-IO object, over the
-//! core's decisions ([`plan_trigger`] with its hold rule
+//! core's decisions ([`plan_trigger`](crate::plan::plan_trigger) with its hold rule
 //! [`held_for`], [`Delivery`], [`Health`], the status transitions of
 //! [`Status`](crate::model::Status)), which a durable store calls the same way.
 //!
@@ -47,7 +47,7 @@ use crate::template::{MacroValues, StoredValues};
 
 pub use crate::delivery::Health;
 pub use crate::plan::{FireError, RenderedPixel, held_for};
-use crate::plan::{PlanRules, plan_trigger};
+use crate::plan::{PlanRules, originals, plan_correction};
 
 /// The shortest lease honoured, whatever the configuration says: a zero lease would send every
 /// request again at once.
@@ -422,6 +422,14 @@ pub struct Engine {
     sending: IdMap<DeliveryId, Arc<str>>,
     /// The host whose queue each waiting delivery is in (it is out of `timers` meanwhile).
     parked: IdMap<DeliveryId, Arc<str>>,
+    /// Revisions of the unfinished corrections of each original (by the original's key), so a
+    /// correction finds what it waits behind without a scan.
+    corrections: IdMap<DeliveryKey, BTreeSet<u32>>,
+    /// Corrections that came due while an earlier revision was unfinished, by the original's
+    /// key: out of `timers` until that one finishes.
+    behind: IdMap<DeliveryKey, Vec<DeliveryId>>,
+    /// The original each of those waits on.
+    waiting_behind: IdMap<DeliveryId, DeliveryKey>,
     /// Unfinished deliveries per postback (derived from `deliveries`).
     by_postback: IdMap<PostbackId, BTreeSet<DeliveryId>>,
     /// Every key known: an unfinished delivery's with its handle, a remembered finished one's
@@ -464,6 +472,9 @@ impl Engine {
             hosts: IdMap::default(),
             sending: IdMap::default(),
             parked: IdMap::default(),
+            corrections: IdMap::default(),
+            behind: IdMap::default(),
+            waiting_behind: IdMap::default(),
             by_postback: IdMap::default(),
             keys: IdMap::default(),
             done_keys: VecDeque::new(),
@@ -566,9 +577,13 @@ impl Engine {
 
     /// A conversion, event or CPC click happened: create deliveries for the server-to-server
     /// postbacks that fire (and held ones, see [`held_for`]), and render the pixels
-    /// ([`plan_trigger`] decides). A postback this trigger id already fired gets nothing new
+    /// ([`plan_trigger`](crate::plan::plan_trigger) decides). A postback this trigger id already fired gets nothing new
     /// ([`Fired::duplicates`]); its pixels are rendered again. One postback's bad value does not
     /// stop the others; it is reported in [`Fired::errors`].
+    ///
+    /// A correction ([`Trigger::corrected`]) follows the conversion to the postbacks that had it
+    /// and opted in ([`plan_correction`]), and each is sent only after the earlier revisions of
+    /// the conversion to that postback finished.
     pub fn handle_trigger<V: MacroValues + ?Sized>(
         &mut self,
         now: DateTime<Utc>,
@@ -580,7 +595,13 @@ impl Engine {
             max_value_len: self.config.max_value_len,
             idempotency_header: self.config.idempotency_header.as_deref(),
         };
-        let plan = plan_trigger(&self.registry, trigger, values, &rules);
+        // A correction follows the conversion to the postbacks that had it.
+        let had: Vec<PostbackId> = originals(&self.registry, trigger)
+            .into_iter()
+            .filter(|k| self.knows(k))
+            .map(|k| k.postback())
+            .collect();
+        let plan = plan_correction(&self.registry, trigger, values, &rules, &had);
         let mut fired = Fired {
             resolution: plan.resolution,
             deliveries: Vec::new(),
@@ -656,7 +677,7 @@ impl Engine {
             .max_value_len(Some(config.max_value_len))
     }
 
-    /// Create a delivery whose request was checked ([`plan_trigger`] checks a trigger's).
+    /// Create a delivery whose request was checked ([`plan_trigger`](crate::plan::plan_trigger) checks a trigger's).
     fn create_delivery(
         &mut self,
         now: DateTime<Utc>,
@@ -685,6 +706,15 @@ impl Engine {
     }
 
     fn unschedule(&mut self, id: DeliveryId) {
+        if let Some(original) = self.waiting_behind.remove(&id) {
+            if let Some(ids) = self.behind.get_mut(&original) {
+                ids.retain(|w| *w != id);
+                if ids.is_empty() {
+                    self.behind.remove(&original);
+                }
+            }
+            return;
+        }
         if let Some(host) = self.parked.remove(&id) {
             if let Some(slots) = self.hosts.get_mut(&host) {
                 slots.waiting.retain(|w| *w != id);
@@ -720,6 +750,10 @@ impl Engine {
 
     fn insert(&mut self, d: Box<Delivery>) {
         let id = d.id();
+        if d.key().is_correction() {
+            let revisions = self.corrections.entry(d.key().original()).or_default();
+            revisions.insert(d.key().revision());
+        }
         self.by_postback.entry(d.postback()).or_default().insert(id);
         self.keys.insert(*d.key(), Some(id));
         self.deliveries.insert(id, d);
@@ -741,6 +775,7 @@ impl Engine {
                 self.by_postback.remove(&pid);
             }
         }
+        self.release_behind(d.key());
         // Test fires have keys of their own and their record in their event: they take no room
         // from real deliveries. Nor does a delivery of a postback deleted while it was out.
         let real = !d.is_test() && self.registry.get(pid).is_some();
@@ -759,6 +794,50 @@ impl Engine {
             trim_front(kept, self.config.finished_per_postback);
         }
         Some(d)
+    }
+
+    /// A delivery with key `key` finished: the corrections that waited behind it are due again
+    /// (each checks once more whether it still waits behind another).
+    fn release_behind(&mut self, key: &DeliveryKey) {
+        let original = key.original();
+        if key.is_correction() {
+            if let Some(revisions) = self.corrections.get_mut(&original) {
+                revisions.remove(&key.revision());
+                if revisions.is_empty() {
+                    self.corrections.remove(&original);
+                }
+            }
+        }
+        if self.behind.is_empty() {
+            return;
+        }
+        for id in self.behind.remove(&original).unwrap_or_default() {
+            self.waiting_behind.remove(&id);
+            self.schedule(id);
+        }
+    }
+
+    /// Whether a delivery with key `key` must wait: an earlier revision of it is unfinished
+    /// ([`DeliveryKey::waits_behind`]).
+    fn waits(&self, key: &DeliveryKey) -> bool {
+        if !key.is_correction() {
+            return false;
+        }
+        let original = key.original();
+        let first = self
+            .corrections
+            .get(&original)
+            .and_then(|r| r.first())
+            .map(|&rev| {
+                DeliveryKey::new(
+                    original.trigger(),
+                    original.postback(),
+                    original.purpose(),
+                    rev,
+                )
+            });
+        matches!(self.keys.get(&original), Some(Some(_)))
+            || first.is_some_and(|earlier| key.waits_behind(&earlier))
     }
 
     /// Forget the oldest finished keys past [`EngineConfig::remembered_keys`].
@@ -794,10 +873,17 @@ impl Engine {
             let Some(d) = self.deliveries.get_mut(&id) else {
                 continue;
             };
-            let (pid, test) = (d.postback(), d.is_test());
+            let (pid, test, key) = (d.postback(), d.is_test(), *d.key());
             // Never send for a postback that is gone or off (the registry may have changed
             // behind the engine's back through `registry_mut`); test fires go out regardless.
             if self.park_if_off(now, id, pid, test) {
+                continue;
+            }
+            if !test && self.waits(&key) {
+                // Its earlier revision is still pending or held: it goes when that one finishes.
+                let original = key.original();
+                self.behind.entry(original).or_default().push(id);
+                self.waiting_behind.insert(id, original);
                 continue;
             }
             let Some(pb) = self.registry.get(pid) else {

@@ -13,7 +13,7 @@
 //! | module | owns |
 //! | --- | --- |
 //! | [`template`] | parsing, dialects, encoding per position, currency first, money, lints |
-//! | [`model`] | ids (trigger ids and delivery keys too), kinds, levels, methods, status and its transitions, the validated [`Postback`](model::Postback) |
+//! | [`model`] | ids (trigger ids and delivery keys too), kinds, levels, methods, status and its transitions, corrections, the validated [`Postback`](model::Postback) |
 //! | [`registry`] | indexed postbacks and precedence resolution, with reasons |
 //! | [`access`] | who may change which postback, and the audit trail |
 //! | [`delivery`] | one firing as a state machine over the values it keeps: retry policy, failure taxonomy, debug info, a postback's health and the disable decision |

@@ -10,9 +10,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::delivery::{RenderError, Rendered, SendContext, check_rendered};
-use crate::model::{DeliveryKey, Method, PostbackId};
-use crate::registry::{Outcome, Precedence, Registry, Resolution, SkipReason, Trigger};
-use crate::template::{MacroValues, Pixel, StoredValues};
+use crate::model::{ConversionStatus, DeliveryKey, Method, PostbackId};
+use crate::registry::{FireReason, Outcome, Precedence, Registry, Resolution, SkipReason, Trigger};
+use crate::template::{Macro, MacroValues, Pixel, StoredValues, Value};
 
 /// Why one postback could not fire.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -86,7 +86,8 @@ pub struct Planned {
     pub values: StoredValues,
     /// The postback's firing delay.
     pub delay: Duration,
-    /// Created held: its postback was disabled automatically (see [`held_for`]).
+    /// Created held: its postback was disabled automatically (see [`held_for`]), or, for a
+    /// correction, is off ([`plan_correction`]).
     pub held: bool,
     /// The request the check made, for the first send (see [`Rendered`]).
     pub(crate) rendered: Option<Rendered>,
@@ -109,23 +110,68 @@ pub struct Plan {
 
 /// Plan what `trigger` with `values` creates among `registry`'s postbacks. Pure: reads no state
 /// but its arguments, so any store applies exactly the engine's rules.
+///
+/// A correction ([`Trigger::correction`]) is planned as if no postback had the conversion
+/// before; a caller that keeps deliveries plans it with [`plan_correction`] instead.
 pub fn plan_trigger<V: MacroValues + ?Sized>(
     registry: &Registry,
     trigger: &Trigger,
     values: &V,
     rules: &PlanRules<'_>,
 ) -> Plan {
-    let resolution = registry.resolve(trigger);
-    let held: Vec<PostbackId> = held_for(registry, &resolution).collect();
-    let firing: Vec<PostbackId> = resolution.firing().collect();
+    plan_correction(registry, trigger, values, rules, &[])
+}
+
+/// The original deliveries (revision 0) a correction's plan asks about: one per postback that
+/// matches the trigger. Look each up and pass the postbacks whose original exists (in any state)
+/// to [`plan_correction`]. Empty for a trigger that is not a correction.
+pub fn originals(registry: &Registry, trigger: &Trigger) -> Vec<DeliveryKey> {
+    if trigger.correction.is_none() {
+        return Vec::new();
+    }
+    registry
+        .resolve(trigger)
+        .decisions
+        .iter()
+        .map(|d| trigger.key(d.postback).original())
+        .collect()
+}
+
+/// [`plan_trigger`], with `had_original` the postbacks that had this conversion before (see
+/// [`originals`]). For a trigger that is not a correction, the same as [`plan_trigger`].
+///
+/// A correction goes to the postbacks that opted in to its status
+/// ([`Corrections`](crate::model::Corrections)) and had the original: held while such a postback
+/// is off (paused or disabled), so a reversal is never dropped behind a pause, and sent after the
+/// original once it is on ([`DeliveryKey::waits_behind`]). When no matching postback had the
+/// original (it predates them, or its record was pruned), the correction goes where a trigger
+/// would, among those that opted in. It renders no pixel: the conversion page is gone.
+pub fn plan_correction<V: MacroValues + ?Sized>(
+    registry: &Registry,
+    trigger: &Trigger,
+    values: &V,
+    rules: &PlanRules<'_>,
+    had_original: &[PostbackId],
+) -> Plan {
+    let mut resolution = registry.resolve(trigger);
+    let (targets, status) = match trigger.correction {
+        None => {
+            let held = held_for(registry, &resolution).map(|p| (p, true));
+            let firing = resolution.firing().map(|p| (p, false));
+            (firing.chain(held).collect(), None)
+        }
+        Some(c) => {
+            let targets = correction_targets(registry, &mut resolution, c.status, had_original);
+            (targets, Some(c.status))
+        }
+    };
     let mut plan = Plan {
         resolution,
-        deliveries: Vec::with_capacity((firing.len() + held.len()).min(rules.max_deliveries)),
+        deliveries: Vec::with_capacity(targets.len().min(rules.max_deliveries)),
         pixels: Vec::new(),
         errors: Vec::new(),
     };
-    let to_fire = firing.into_iter().map(|p| (p, false));
-    for (pid, is_held) in to_fire.chain(held.into_iter().map(|p| (p, true))) {
+    for (pid, is_held) in targets {
         let Some(pb) = registry.get(pid) else {
             continue;
         };
@@ -150,7 +196,15 @@ pub fn plan_trigger<V: MacroValues + ?Sized>(
             None => {
                 let key = trigger.key(pid);
                 let custom: Vec<_> = pb.template().custom_macros().collect();
-                let stored = values.to_stored(&custom);
+                let stored = match status {
+                    // The status travels as this postback's tracker spells it.
+                    Some(status) => WithStatus {
+                        inner: values,
+                        word: pb.corrections().word(status),
+                    }
+                    .to_stored(&custom),
+                    None => values.to_stored(&custom),
+                };
                 let ctx = SendContext::new(pb)
                     .idempotency_header(rules.idempotency_header)
                     .max_value_len(Some(rules.max_value_len));
@@ -169,6 +223,71 @@ pub fn plan_trigger<V: MacroValues + ?Sized>(
         }
     }
     plan
+}
+
+/// Where a correction to `status` goes, firing ones first, and the resolution's verdicts
+/// rewritten to say why (see [`plan_correction`]).
+fn correction_targets(
+    registry: &Registry,
+    resolution: &mut Resolution,
+    status: ConversionStatus,
+    had_original: &[PostbackId],
+) -> Vec<(PostbackId, bool)> {
+    let held: Vec<PostbackId> = held_for(registry, resolution).collect();
+    let any_had = resolution
+        .decisions
+        .iter()
+        .any(|d| had_original.contains(&d.postback));
+    let mut targets = Vec::new();
+    for d in &mut resolution.decisions {
+        let Some(pb) = registry.get(d.postback) else {
+            continue;
+        };
+        if !pb.corrections().covers(status) {
+            if d.fires() {
+                d.outcome = Outcome::Skipped {
+                    why: SkipReason::CorrectionsOff,
+                };
+            }
+        } else if any_had {
+            if had_original.contains(&d.postback) {
+                let off = !pb.status().is_active();
+                if !off {
+                    d.outcome = Outcome::Fires {
+                        why: FireReason::HadOriginal,
+                    };
+                }
+                targets.push((d.postback, off));
+            } else if d.fires() {
+                d.outcome = Outcome::Skipped {
+                    why: SkipReason::OriginalElsewhere,
+                };
+            }
+        } else if d.fires() {
+            targets.push((d.postback, false));
+        } else if held.contains(&d.postback) {
+            targets.push((d.postback, true));
+        }
+    }
+    // Firing first, held last, as for a trigger.
+    targets.sort_by_key(|(_, held)| *held);
+    targets
+}
+
+/// A correction's values: the caller's, with `{conversion_status}` in the postback's word.
+struct WithStatus<'a, V: ?Sized> {
+    inner: &'a V,
+    word: &'a str,
+}
+
+impl<V: MacroValues + ?Sized> MacroValues for WithStatus<'_, V> {
+    fn value(&self, m: Macro) -> Option<Value<'_>> {
+        if m == Macro::CONVERSION_STATUS {
+            Some(Value::Text(self.word))
+        } else {
+            self.inner.value(m)
+        }
+    }
 }
 
 /// Decisions of the precedence resolution that create a held delivery rather than nothing:

@@ -21,7 +21,7 @@ use std::fmt;
 use percent_encoding::utf8_percent_encode;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{PostbackBuilder, PostbackId, ResponseCheck};
+use crate::model::{Corrections, PostbackBuilder, PostbackId, ResponseCheck, StatusWords};
 use crate::template::{Catalog, Macro, Template, TemplateError};
 
 /// A tracker with a known inbound postback format.
@@ -131,6 +131,28 @@ impl Tracker {
             Tracker::Tune => {
                 "https://DOMAIN/aff_lsr?offer_id=OFFER&transaction_id=CLICK&amount={sale_amount}&security_token=KEY"
             }
+        }
+    }
+
+    /// The query parameter that carries a conversion's status (`{conversion_status}` in the
+    /// preset), for trackers that take one: a postback needs it to take corrections
+    /// ([`Preset::corrections`]).
+    pub const fn status_param(self) -> Option<&'static str> {
+        match self {
+            Tracker::Binom | Tracker::BinomV2 => Some("cnv_status"),
+            Tracker::Keitaro | Tracker::RedTrack | Tracker::BeMob | Tracker::PeerClick => {
+                Some("status")
+            }
+            _ => None,
+        }
+    }
+
+    /// How the tracker spells each status: Keitaro's `lead`, `sale`, `rejected`; the network's
+    /// words for the others, which store the status as text.
+    pub const fn status_words(self) -> StatusWords {
+        match self {
+            Tracker::Keitaro => StatusWords::keitaro(),
+            _ => StatusWords::network(),
         }
     }
 
@@ -341,6 +363,12 @@ impl Preset {
     /// The response check, if the receiver needs one.
     pub fn response_check(&self) -> Option<&ResponseCheck> {
         self.response_check.as_ref()
+    }
+    /// `corrections` with the statuses spelt as this tracker takes them
+    /// ([`Tracker::status_words`]), for [`PostbackBuilder::corrections`]. A tracker without a
+    /// [`status_param`](Tracker::status_param) cannot take corrections: the build says so.
+    pub fn corrections(&self, corrections: Corrections) -> Corrections {
+        corrections.words(self.tracker.status_words())
     }
     /// The parsed template.
     pub fn template(&self) -> Result<Template, TemplateError> {

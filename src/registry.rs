@@ -19,14 +19,15 @@
 //! ```
 
 use std::fmt;
+use std::num::NonZeroU32;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::hash::IdMap;
 use crate::model::{
-    DeliveryKey, EventId, Kind, Level, OfferId, PartnerId, Postback, PostbackId, Scope, Status,
-    StatusError, TriggerId,
+    ConversionStatus, Correction, DeliveryKey, EventId, Kind, Level, OfferId, PartnerId, Postback,
+    PostbackId, Scope, Status, StatusError, TriggerId,
 };
 
 pub use crate::model::TriggerKind;
@@ -44,6 +45,10 @@ pub struct Trigger {
     pub offer: OfferId,
     /// What happened.
     pub what: TriggerKind,
+    /// Set when this is a status change of a conversion that fired before ([`Trigger::corrected`]):
+    /// it reaches only the postbacks that opted in to that status, after the earlier deliveries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correction: Option<Correction>,
 }
 
 impl Trigger {
@@ -54,6 +59,7 @@ impl Trigger {
             partner,
             offer,
             what: TriggerKind::Conversion,
+            correction: None,
         }
     }
     /// An event with id `id`.
@@ -68,6 +74,7 @@ impl Trigger {
             partner,
             offer,
             what: TriggerKind::Event { event },
+            correction: None,
         }
     }
     /// A valid click with id `id` on a CPC offer.
@@ -77,12 +84,25 @@ impl Trigger {
             partner,
             offer,
             what: TriggerKind::CpcClick,
+            correction: None,
         }
     }
 
-    /// The key of the delivery of `postback` this trigger causes (revision 0).
+    /// The same conversion (or event) with its status changed: revision `revision` (1 for the
+    /// first change, counting up; the same revision twice creates nothing new) announcing
+    /// `status`. See [`Correction`].
+    pub fn corrected(self, revision: NonZeroU32, status: ConversionStatus) -> Trigger {
+        Trigger {
+            correction: Some(Correction { revision, status }),
+            ..self
+        }
+    }
+
+    /// The key of the delivery of `postback` this trigger causes (revision 0, or the
+    /// correction's).
     pub fn key(&self, postback: PostbackId) -> DeliveryKey {
-        DeliveryKey::new(self.id, postback, self.what, 0)
+        let revision = self.correction.map_or(0, |c| c.revision.get());
+        DeliveryKey::new(self.id, postback, self.what, revision)
     }
 }
 
@@ -110,6 +130,9 @@ pub enum FireReason {
     WinningLevel,
     /// Active, and [`Precedence::All`] fires every match.
     AllMatch,
+    /// A correction: this postback had the conversion before, so its status change follows it
+    /// there (whatever the levels say now).
+    HadOriginal,
 }
 
 /// Why a matching postback does not fire.
@@ -126,6 +149,10 @@ pub enum SkipReason {
         /// The level that won.
         by: Level,
     },
+    /// A correction, and this postback did not opt in to changes to its status.
+    CorrectionsOff,
+    /// A correction, and the conversion went to other postbacks, which get it.
+    OriginalElsewhere,
 }
 
 /// The verdict on one matching postback.
@@ -208,7 +235,14 @@ impl fmt::Display for Resolution {
             TriggerKind::Event { event } => format!("event {event}"),
             TriggerKind::CpcClick => "CPC click".to_owned(),
         };
-        write!(f, "{what} of partner {} on offer {}:", t.partner, t.offer)?;
+        match t.correction {
+            Some(c) => write!(
+                f,
+                "{what} of partner {} on offer {}, now {} (revision {}):",
+                t.partner, t.offer, c.status, c.revision
+            )?,
+            None => write!(f, "{what} of partner {} on offer {}:", t.partner, t.offer)?,
+        }
         if self.decisions.is_empty() {
             return write!(f, " no postback matches");
         }
@@ -221,6 +255,12 @@ impl fmt::Display for Resolution {
                 Outcome::Fires {
                     why: FireReason::AllMatch,
                 } => write!(f, "fires (precedence `all` fires every active match)")?,
+                Outcome::Fires {
+                    why: FireReason::HadOriginal,
+                } => write!(
+                    f,
+                    "fires (the conversion went to it; its correction follows)"
+                )?,
                 Outcome::Skipped {
                     why: SkipReason::Paused,
                 } => write!(f, "skipped: paused")?,
@@ -230,6 +270,15 @@ impl fmt::Display for Resolution {
                 Outcome::Skipped {
                     why: SkipReason::Shadowed { by },
                 } => write!(f, "skipped: overridden by the {by} postback")?,
+                Outcome::Skipped {
+                    why: SkipReason::CorrectionsOff,
+                } => write!(f, "skipped: takes no corrections to this status")?,
+                Outcome::Skipped {
+                    why: SkipReason::OriginalElsewhere,
+                } => write!(
+                    f,
+                    "skipped: the conversion went to other postbacks, which get the correction"
+                )?,
             }
         }
         Ok(())

@@ -240,6 +240,30 @@ impl DeliveryKey {
     pub fn revision(&self) -> u32 {
         self.revision
     }
+
+    /// Whether it is a correction ([`Correction`](super::Correction)): a revision above zero.
+    pub fn is_correction(&self) -> bool {
+        self.revision > 0
+    }
+
+    /// The key of the original firing this one revises (revision 0; itself for an original).
+    pub fn original(&self) -> DeliveryKey {
+        DeliveryKey {
+            revision: 0,
+            ..*self
+        }
+    }
+
+    /// Whether this delivery must wait while `earlier` is unfinished: `earlier` is an earlier
+    /// revision of the same trigger to the same postback. The order rule of corrections, which
+    /// the engine and every store apply: a correction is sent only after each earlier revision
+    /// was delivered or gave up.
+    pub fn waits_behind(&self, earlier: &DeliveryKey) -> bool {
+        earlier.revision < self.revision
+            && earlier.trigger == self.trigger
+            && earlier.postback == self.postback
+            && earlier.purpose == self.purpose
+    }
 }
 
 impl DeliveryKey {
@@ -377,6 +401,25 @@ mod tests {
             Err(TriggerIdError::Character { at: 1, found: '&' })
         );
         assert!(TriggerId::new(&"a".repeat(64)).is_ok());
+    }
+
+    #[test]
+    fn a_correction_waits_behind_earlier_revisions_of_its_own_trigger_and_postback_only() {
+        let t = TriggerId::from(1001);
+        let key = |pb, rev| DeliveryKey::new(t, PostbackId::new(pb), TriggerKind::Conversion, rev);
+        let c = key(7, 2);
+        assert!(c.is_correction() && !key(7, 0).is_correction());
+        assert_eq!(c.original(), key(7, 0));
+        assert!(c.waits_behind(&key(7, 0)) && c.waits_behind(&key(7, 1)));
+        assert!(!c.waits_behind(&key(7, 2)) && !c.waits_behind(&key(7, 3)));
+        assert!(!c.waits_behind(&key(8, 0)));
+        let other = DeliveryKey::new(
+            TriggerId::from(1002),
+            PostbackId::new(7),
+            TriggerKind::Conversion,
+            0,
+        );
+        assert!(!c.waits_behind(&other));
     }
 
     #[test]

@@ -24,8 +24,12 @@ use serde::{Deserialize, Serialize};
 use crate::signing::{Signing, SigningError};
 use crate::template::{Catalog, Context, ExpandError, Options, Template, TemplateError};
 
+mod correction;
 mod key;
 
+pub use correction::{
+    ConversionStatus, Correction, Corrections, MAX_STATUS_WORD, StatusWordError, StatusWords,
+};
 pub use key::{
     DeliveryKey, KeyParseError, MAX_TRIGGER_ID, Purpose, TriggerId, TriggerIdError, TriggerKind,
 };
@@ -458,6 +462,21 @@ pub enum ConfigError {
         "the click id macro {0} stands only in the `#fragment`, which is never sent to the partner's server: move it into the query"
     )]
     ClickIdInFragment(String),
+    /// Corrections asked of a postback that is not server-to-server (a pixel renders on the
+    /// conversion page; a later status change has no page).
+    #[error(
+        "corrections are sent server-to-server only, and this postback is a {0} postback: turn corrections off, or make it server-to-server"
+    )]
+    CorrectionsNotServerToServer(Method),
+    /// Corrections asked of a CPC postback: a click has no status to change.
+    #[error("a CPC postback cannot take corrections (a click has no status): turn corrections off")]
+    CorrectionsOnCpc,
+    /// Corrections asked of a URL that does not send the status, so a rejection would read as
+    /// the same conversion sent again.
+    #[error(
+        "the postback takes corrections but its URL does not send {{conversion_status}}, so the partner could not tell a rejection from a repeat: add the partner's status parameter, such as `&status={{conversion_status}}`"
+    )]
+    CorrectionsWithoutStatus,
     /// More literal secrets than [`MAX_SECRETS`].
     #[error(
         "the postback marks {count} secrets; the limit is {max}: mark only the literal keys its URL carries"
@@ -488,6 +507,7 @@ pub struct Postback {
     /// Carries the postback's literal secrets too, so its own `Debug` redacts them.
     template: Template,
     response_check: Option<ResponseCheck>,
+    corrections: Corrections,
     /// Signed requests ([`crate::signing`]); its `Debug` redacts the secrets.
     signing: Option<Signing>,
 }
@@ -532,6 +552,7 @@ impl Postback {
             template: Some(self.template.clone()),
             response_check: self.response_check.clone(),
             secrets: self.secrets().to_vec(),
+            corrections: self.corrections.clone(),
             signing: self.signing.clone(),
         }
     }
@@ -587,6 +608,10 @@ impl Postback {
     /// The check applied to response bodies, if any.
     pub fn response_check(&self) -> Option<&ResponseCheck> {
         self.response_check.as_ref()
+    }
+    /// Which status changes it is told of ([`Corrections`]; none by default).
+    pub fn corrections(&self) -> &Corrections {
+        &self.corrections
     }
     /// Literal parts of the URL that are secrets (a tracker's key in the path, say): redacted
     /// from debug output and attempt records.
@@ -672,6 +697,7 @@ pub struct PostbackBuilder {
     template: Option<Template>,
     response_check: Option<ResponseCheck>,
     secrets: Vec<String>,
+    corrections: Corrections,
     signing: Option<Signing>,
 }
 
@@ -706,6 +732,7 @@ impl PostbackBuilder {
             template: None,
             response_check: None,
             secrets: Vec::new(),
+            corrections: Corrections::none(),
             signing: None,
         }
     }
@@ -786,6 +813,13 @@ impl PostbackBuilder {
     /// Check response bodies (for receivers that answer 200 on rejection).
     pub fn response_check(mut self, c: ResponseCheck) -> Self {
         self.response_check = Some(c);
+        self
+    }
+
+    /// Tell the partner of these status changes of a conversion after it fired (off by
+    /// default). Needs a server-to-server postback whose URL sends `{conversion_status}`.
+    pub fn corrections(mut self, c: Corrections) -> Self {
+        self.corrections = c;
         self
     }
 
@@ -889,6 +923,20 @@ impl PostbackBuilder {
                 .collect();
             return Err(ConfigError::MissingClickId(names.join(", ")));
         }
+        if self.corrections.is_on() {
+            if self.kind == Kind::Cpc {
+                return Err(ConfigError::CorrectionsOnCpc);
+            }
+            if !method.is_server_to_server() {
+                return Err(ConfigError::CorrectionsNotServerToServer(method));
+            }
+            if !template
+                .macros()
+                .any(|m| m == crate::template::Macro::CONVERSION_STATUS)
+            {
+                return Err(ConfigError::CorrectionsWithoutStatus);
+            }
+        }
         if let Some(s) = &self.signing {
             s.check_for(method, &template)?;
         }
@@ -902,6 +950,7 @@ impl PostbackBuilder {
             delay: self.delay,
             template: template.with_secrets(self.secrets),
             response_check: self.response_check,
+            corrections: self.corrections,
             signing: self.signing,
         })
     }
@@ -929,6 +978,8 @@ struct PostbackData {
         deserialize_with = "secrets_at_most"
     )]
     secrets: Vec<String>,
+    #[serde(default, skip_serializing_if = "Corrections::is_default")]
+    corrections: Corrections,
     /// With its secrets: stores and snapshots rebuild signing postbacks from this form.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     signing: Option<Signing>,
@@ -955,6 +1006,7 @@ impl From<Postback> for PostbackData {
             template: p.template,
             response_check: p.response_check,
             secrets,
+            corrections: p.corrections,
             signing: p.signing,
         }
     }
@@ -976,6 +1028,7 @@ impl TryFrom<PostbackData> for Postback {
         b.source = Some(d.template.as_str().to_owned());
         b.template = Some(d.template);
         b.response_check = d.response_check;
+        b.corrections = d.corrections;
         b.signing = d.signing;
         // Through `secret`, so a stored list is cleaned as a built one is (no empty or repeated
         // entries).

@@ -11,7 +11,7 @@ use postback::delivery::{
     check, settle,
 };
 use postback::model::{DeliveryKey, Postback, PostbackId, Purpose, TriggerId};
-use postback::plan::plan_trigger;
+use postback::plan::{originals, plan_correction};
 use postback::registry::{Registry, RegistryError, Trigger};
 use postback::template::MacroValues;
 
@@ -69,7 +69,14 @@ pub(crate) fn enqueue(
     mut known: impl FnMut(&DeliveryKey) -> Result<bool, StoreError>,
     mut next_id: impl FnMut() -> Result<DeliveryId, StoreError>,
 ) -> Result<(Enqueued, Vec<Delivery>), StoreError> {
-    let plan = plan_trigger(registry, trigger, values, &rules.plan());
+    // A correction follows the conversion to the postbacks that had it.
+    let mut had = Vec::new();
+    for original in originals(registry, trigger) {
+        if known(&original)? {
+            had.push(original.postback());
+        }
+    }
+    let plan = plan_correction(registry, trigger, values, &rules.plan(), &had);
     let mut out = Enqueued {
         resolution: plan.resolution,
         created: Vec::new(),

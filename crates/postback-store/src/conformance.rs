@@ -16,7 +16,9 @@ use postback::delivery::{
     Action, Delivery, DisablePolicy, GiveUpReason, Next, Progress, RetryPolicy, State,
 };
 use postback::model::ManagerId;
-use postback::model::{OfferId, PartnerId, Postback, PostbackId, Status};
+use postback::model::{
+    ConversionStatus, Corrections, OfferId, PartnerId, Postback, PostbackId, Status,
+};
 use postback::registry::Trigger;
 use postback::template::{Macro, ValueMap};
 
@@ -57,6 +59,8 @@ pub fn run_all<H: Harness>(h: &mut H) {
     a_test_fire_goes_out_whatever_the_status_and_is_audited(h);
     refused_operations_change_nothing(h);
     the_stats_show_each_postback_and_host_with_its_last_results_and_stuck_work(h);
+    corrections_go_to_the_postbacks_that_opted_in_each_after_the_earlier_revisions(h);
+    a_correction_of_a_held_conversion_is_held_with_it_and_follows_it(h);
 }
 
 fn t0() -> DateTime<Utc> {
@@ -84,6 +88,62 @@ fn postback(id: PostbackId) -> Postback {
         Ok(p) => p,
         Err(e) => panic!("the fixture postback is valid: {e}"),
     }
+}
+
+/// Postback 3 of partner 7, told of every status change.
+const CORRECTED: PostbackId = PostbackId::new(3);
+
+fn correcting_postback() -> Postback {
+    let built = Postback::builder(CORRECTED)
+        .partner(PARTNER)
+        .url("https://partner.example/pb?cid={sub1}&status={conversion_status}")
+        .corrections(Corrections::all())
+        .build();
+    match built {
+        Ok(p) => p,
+        Err(e) => panic!("the fixture postback is valid: {e}"),
+    }
+}
+
+/// A store with postback 1 (no corrections) and postback 3 (every correction) of partner 7.
+fn with_correcting_postback<H: Harness>(h: &mut H) -> H::Store {
+    let s = with_postback(h);
+    ok(
+        s.postback_manage(
+            t0(),
+            manager(),
+            Manage::Create(correcting_postback()),
+            &Settings::default(),
+        ),
+        "creating the correcting postback",
+    );
+    s
+}
+
+/// Enqueue revision `revision` of conversion `id` with `status`; returns what it created.
+fn correct<S: Store>(
+    s: &S,
+    id: u64,
+    revision: u32,
+    status: ConversionStatus,
+    now: DateTime<Utc>,
+) -> crate::store::Enqueued {
+    let Some(revision) = std::num::NonZeroU32::new(revision) else {
+        panic!("a correction's revision is above 0");
+    };
+    let t = Trigger::conversion(id, PARTNER, OfferId::new(42)).corrected(revision, status);
+    ok(
+        s.trigger_enqueue(now, &t, &values(&format!("click-{id}")), &Rules::default()),
+        "a correction",
+    )
+}
+
+/// The keys claimed at `now` (each then answered by the caller).
+fn claimed_keys(claims: &[Claimed]) -> Vec<String> {
+    claims
+        .iter()
+        .map(|c| c.delivery.key().to_string())
+        .collect()
 }
 
 fn values(click: &str) -> ValueMap {
@@ -1074,5 +1134,165 @@ pub fn the_stats_show_each_postback_and_host_with_its_last_results_and_stuck_wor
     assert!(
         st.to_string().contains("https://partner.example"),
         "the table names the host"
+    );
+}
+
+/// A correction reaches only the postbacks that opted in, as a new delivery keyed by its
+/// revision, and is claimed only after every earlier revision of the conversion to that postback
+/// was delivered or gave up; across a restart too. Waiting corrections are not counted as due.
+pub fn corrections_go_to_the_postbacks_that_opted_in_each_after_the_earlier_revisions<
+    H: Harness,
+>(
+    h: &mut H,
+) {
+    let s = with_correcting_postback(h);
+    convert(&s, 1001, t0());
+    let first = correct(&s, 1001, 1, ConversionStatus::Rejected, t0());
+    assert_eq!(
+        first
+            .created
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        ["1001.3.conversion.1"],
+        "corrections: only the postback that opted in"
+    );
+    let again = correct(&s, 1001, 1, ConversionStatus::Rejected, t0());
+    assert!(
+        again.created.is_empty() && again.duplicates.len() == 1,
+        "corrections: the same revision twice creates nothing"
+    );
+    let _ = correct(&s, 1001, 2, ConversionStatus::Reversed, t0());
+    // Both originals go out; the corrections wait behind theirs.
+    let c = claim(&s, t0(), "a", 10);
+    let mut keys = claimed_keys(&c);
+    keys.sort();
+    assert_eq!(
+        keys,
+        ["1001.1.conversion.0", "1001.3.conversion.0"],
+        "corrections: the originals first"
+    );
+    let retry_at = t0() + secs(1);
+    for claimed in &c {
+        let status = if claimed.delivery.postback() == CORRECTED {
+            500
+        } else {
+            200
+        };
+        let _ = complete(
+            &s,
+            claimed,
+            retry_at,
+            status,
+            &no_jitter(),
+            &DisablePolicy::default(),
+        );
+    }
+    let next = ok(s.deliveries_next_due(), "next due");
+    assert!(
+        next.is_some_and(|t| t > retry_at),
+        "corrections: a waiting correction is not due, its original's retry is ({next:?})"
+    );
+    assert!(
+        claim(&s, retry_at, "a", 10).is_empty(),
+        "corrections: nothing while the original waits for its retry"
+    );
+    let s = h.reopen(s);
+    let at = next.unwrap_or(retry_at);
+    let c = claim(&s, at, "b", 10);
+    assert_eq!(
+        claimed_keys(&c),
+        ["1001.3.conversion.0"],
+        "corrections: the retry"
+    );
+    let _ = complete(&s, &c[0], at, 200, &no_jitter(), &DisablePolicy::default());
+    for (revision, word) in [(1, "status=rejected"), (2, "status=reversed")] {
+        let c = claim(&s, at, "b", 10);
+        assert_eq!(
+            claimed_keys(&c),
+            [format!("1001.3.conversion.{revision}")],
+            "corrections: one revision at a time, in order"
+        );
+        let (d, p) = answer(&c[0], at, 200, &no_jitter());
+        assert!(
+            d.attempts().last().is_some_and(|a| a.url.contains(word)),
+            "corrections: the new status is sent"
+        );
+        let done = ok(
+            s.delivery_complete(at, c[0].token, d, p, &DisablePolicy::default()),
+            "completing",
+        );
+        assert!(matches!(
+            done,
+            Completion::Completed {
+                next: Next::Finished,
+                ..
+            }
+        ));
+    }
+    assert_eq!(ok(s.deliveries_count(), "counts").delivered, 4);
+}
+
+/// A conversion held behind a paused postback holds its correction too (a paused postback takes
+/// no new triggers, but a correction of what it already has is not dropped), and after the
+/// resume the correction goes only once the original was delivered.
+pub fn a_correction_of_a_held_conversion_is_held_with_it_and_follows_it<H: Harness>(h: &mut H) {
+    let s = with_correcting_postback(h);
+    convert(&s, 1001, t0());
+    ok(
+        s.postback_manage(
+            t0(),
+            manager(),
+            Manage::Pause(CORRECTED),
+            &Settings::default(),
+        ),
+        "pause",
+    );
+    let e = correct(&s, 1001, 1, ConversionStatus::Reversed, t0());
+    assert_eq!(
+        e.held.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        ["1001.3.conversion.1"],
+        "corrections: held with the conversion it revises"
+    );
+    assert_eq!(
+        ok(s.deliveries_of(CORRECTED, Filter::Held, 10), "held").len(),
+        2,
+        "corrections: the original and its reversal are held"
+    );
+    let s = h.reopen(s);
+    let later = t0() + secs(60);
+    ok(
+        s.postback_manage(
+            later,
+            manager(),
+            Manage::Resume(CORRECTED),
+            &Settings::default(),
+        ),
+        "resume",
+    );
+    let c = claim(&s, later, "a", 10);
+    let keys: Vec<_> = claimed_keys(&c)
+        .into_iter()
+        .filter(|k| k.starts_with("1001.3."))
+        .collect();
+    assert_eq!(
+        keys,
+        ["1001.3.conversion.0"],
+        "corrections: the original first"
+    );
+    for claimed in &c {
+        let _ = complete(
+            &s,
+            claimed,
+            later,
+            200,
+            &no_jitter(),
+            &DisablePolicy::default(),
+        );
+    }
+    assert_eq!(
+        claimed_keys(&claim(&s, later, "a", 10)),
+        ["1001.3.conversion.1"],
+        "corrections: then the reversal"
     );
 }

@@ -37,6 +37,7 @@ struct Row {
 #[derive(Debug, Default)]
 struct Inner {
     registry: Registry,
+    /// By key, so a trigger's revisions to one postback sit side by side (the key's order).
     rows: BTreeMap<DeliveryKey, Row>,
     due: BTreeSet<(DateTime<Utc>, DeliveryKey)>,
     next_id: u64,
@@ -47,6 +48,15 @@ struct Inner {
 }
 
 impl Inner {
+    /// Whether `key` must wait: an earlier revision of it is unfinished
+    /// ([`DeliveryKey::waits_behind`]).
+    fn waits(&self, key: &DeliveryKey) -> bool {
+        key.is_correction()
+            && self.rows.range(key.original()..*key).any(|(k, r)| {
+                key.waits_behind(k) && matches!(apply::status_of(&r.d), "scheduled" | "held")
+            })
+    }
+
     fn next_id(&mut self) -> Result<DeliveryId, StoreError> {
         self.next_id = self
             .next_id
@@ -251,7 +261,7 @@ impl Store for MemoryStore {
             .due
             .iter()
             .take_while(|(at, _)| *at <= now)
-            .filter(|(_, k)| on(k))
+            .filter(|(_, k)| on(k) && !g.waits(k))
             .take(limit)
             .map(|(_, k)| *k)
             .collect();
@@ -373,7 +383,8 @@ impl Store for MemoryStore {
     }
 
     fn deliveries_next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
-        Ok(self.lock().due.first().map(|(at, _)| *at))
+        let g = self.lock();
+        Ok(g.due.iter().find(|(_, k)| !g.waits(k)).map(|(at, _)| *at))
     }
 
     fn delivery_get(&self, key: &DeliveryKey) -> Result<Option<Delivery>, StoreError> {

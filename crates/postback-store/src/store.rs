@@ -168,7 +168,8 @@ pub struct Enqueued {
     pub resolution: Resolution,
     /// Deliveries created, due after their postback's delay.
     pub created: Vec<DeliveryKey>,
-    /// Deliveries created held (their postback is disabled automatically).
+    /// Deliveries created held: their postback is disabled automatically, or, for a correction,
+    /// off (paused or disabled) while it has the conversion the correction revises.
     pub held: Vec<DeliveryKey>,
     /// Keys that existed already: this trigger was seen before; nothing new was created.
     pub duplicates: Vec<DeliveryKey>,

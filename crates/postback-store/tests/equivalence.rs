@@ -1,7 +1,9 @@
 //! Property: any interleaving of triggers, claims, completions, lost leases, crashes and restarts
 //! over a store ends with the same delivered (and given-up) set as the in-memory engine fed the
 //! same triggers against the same partner; nothing is lost, and a conversion is sent again only
-//! when a claim of it was lost (a crash or an expired lease).
+//! when a claim of it was lost (a crash or an expired lease). Status changes (corrections) mixed
+//! in: none is lost, and none is ever sent while an earlier revision of its conversion is
+//! unfinished, so they arrive in order. Run on the memory and SQLite stores.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -12,7 +14,9 @@ use proptest::prelude::*;
 use postback::access::{Actor, Settings};
 use postback::delivery::{Action, Delivery, DisablePolicy, Progress, RetryPolicy, State};
 use postback::engine::{Engine, EngineConfig};
-use postback::model::{DeliveryKey, ManagerId, OfferId, PartnerId, Postback, PostbackId};
+use postback::model::{
+    ConversionStatus, Corrections, DeliveryKey, ManagerId, OfferId, PartnerId, Postback, PostbackId,
+};
 use postback::net::NetPolicy;
 use postback::registry::{Registry, Trigger};
 use postback::template::{Macro, ValueMap};
@@ -32,7 +36,8 @@ fn t0() -> DateTime<Utc> {
 fn postback() -> Postback {
     Postback::builder(PB)
         .partner(PARTNER)
-        .url("https://partner.example/pb?cid={sub1}")
+        .url("https://partner.example/pb?cid={sub1}&status={conversion_status}")
+        .corrections(Corrections::all())
         .build()
         .expect("valid")
 }
@@ -43,6 +48,13 @@ fn retry() -> RetryPolicy {
 
 fn trigger(id: u64) -> Trigger {
     Trigger::conversion(id, PARTNER, OfferId::new(42))
+}
+
+/// Revision `revision` of conversion `id`, its status chosen by the revision.
+fn correction(id: u64, revision: u32) -> Trigger {
+    let status = ConversionStatus::ALL[revision as usize % ConversionStatus::ALL.len()];
+    let revision = std::num::NonZeroU32::new(revision).expect("above 0");
+    trigger(id).corrected(revision, status)
 }
 
 fn values(id: u64) -> ValueMap {
@@ -64,6 +76,8 @@ fn status(key: &DeliveryKey, failures: u32, salt: u64) -> u16 {
 #[derive(Debug, Clone)]
 enum Op {
     Trigger(u64),
+    /// The conversion's next status change.
+    Correct(u64),
     Claim(usize),
     Complete(usize),
     Crash,
@@ -74,6 +88,7 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         3 => (0u64..12).prop_map(Op::Trigger),
+        2 => (0u64..4).prop_map(Op::Correct),
         3 => (1usize..4).prop_map(Op::Claim),
         4 => (0usize..4).prop_map(Op::Complete),
         1 => Just(Op::Crash),
@@ -98,6 +113,10 @@ struct Driver<H: Harness> {
     now: DateTime<Utc>,
     salt: u64,
     seen: Seen,
+    /// The last revision handed out per conversion.
+    revisions: BTreeMap<u64, u32>,
+    /// Every trigger and correction, in order, for the engine.
+    fed: Vec<Trigger>,
 }
 
 impl<H: Harness> Driver<H> {
@@ -113,6 +132,18 @@ impl<H: Harness> Driver<H> {
             .expect("claim");
         let rules = Rules::default();
         for c in claimed {
+            // The order rule: nothing is claimed while an earlier revision is unfinished.
+            let key = *c.delivery.key();
+            for earlier in 0..key.revision() {
+                let k = DeliveryKey::new(key.trigger(), key.postback(), key.purpose(), earlier);
+                if let Some(e) = self.store().delivery_get(&k).expect("get") {
+                    assert!(
+                        matches!(e.state(), State::Delivered { .. } | State::GaveUp { .. }),
+                        "{key} claimed while {k} is {:?}",
+                        e.state()
+                    );
+                }
+            }
             let pb = c.postback.clone().expect("never deleted here");
             let ctx = send_context(&pb, &rules);
             let mut d = c.delivery.clone();
@@ -159,11 +190,12 @@ impl<H: Harness> Driver<H> {
 
     fn apply(&mut self, op: &Op) {
         match *op {
-            Op::Trigger(id) => {
-                let _ = self
-                    .store()
-                    .trigger_enqueue(self.now, &trigger(id), &values(id), &Rules::default())
-                    .expect("trigger");
+            Op::Trigger(id) => self.feed(trigger(id), id),
+            Op::Correct(id) => {
+                let revision = self.revisions.entry(id).or_default();
+                *revision += 1;
+                let t = correction(id, *revision);
+                self.feed(t, id);
             }
             Op::Claim(n) => self.claim(n),
             Op::Complete(i) => self.complete(i),
@@ -175,6 +207,14 @@ impl<H: Harness> Driver<H> {
                 self.store = Some(self.h.reopen(old));
             }
         }
+    }
+
+    fn feed(&mut self, t: Trigger, id: u64) {
+        let _ = self
+            .store()
+            .trigger_enqueue(self.now, &t, &values(id), &Rules::default())
+            .expect("trigger");
+        self.fed.push(t);
     }
 
     /// Run the store to idle: complete what is out, then claim whatever comes due.
@@ -196,7 +236,10 @@ impl<H: Harness> Driver<H> {
 }
 
 /// The engine fed the same triggers, run to idle against the same partner.
-fn engine_outcome(triggers: &[u64], salt: u64) -> (BTreeSet<DeliveryKey>, BTreeSet<DeliveryKey>) {
+fn engine_outcome(
+    triggers: &[Trigger],
+    salt: u64,
+) -> (BTreeSet<DeliveryKey>, BTreeSet<DeliveryKey>) {
     let mut reg = Registry::new();
     reg.insert(postback()).expect("unique");
     let config = EngineConfig::default()
@@ -205,8 +248,9 @@ fn engine_outcome(triggers: &[u64], salt: u64) -> (BTreeSet<DeliveryKey>, BTreeS
         .net(NetPolicy::default());
     let mut e = Engine::new(config, reg);
     let mut now = t0();
-    for &id in triggers {
-        let _ = e.handle_trigger(now, &trigger(id), &values(id));
+    for t in triggers {
+        let id: u64 = t.id.as_str().parse().expect("numeric ids");
+        let _ = e.handle_trigger(now, t, &values(id));
     }
     let mut delivered = BTreeSet::new();
     let mut gave_up = BTreeSet::new();
@@ -255,16 +299,14 @@ fn check<H: Harness>(mut h: H, ops: &[Op], salt: u64) {
         now: t0(),
         salt,
         seen: Seen::default(),
+        revisions: BTreeMap::new(),
+        fed: Vec::new(),
     };
-    let mut triggers = Vec::new();
     for op in ops {
-        if let Op::Trigger(id) = op {
-            triggers.push(*id);
-        }
         d.apply(op);
     }
     d.drain();
-    let (delivered, gave_up) = engine_outcome(&triggers, salt);
+    let (delivered, gave_up) = engine_outcome(&d.fed, salt);
     let mut got_delivered = BTreeSet::new();
     let mut got_gave_up = BTreeSet::new();
     for d in d
@@ -307,6 +349,40 @@ impl Harness for Memory {
     }
 }
 
+/// A new SQLite file per store; a restart opens the same file again.
+#[cfg(feature = "sqlite")]
+struct Sqlite {
+    dir: tempfile::TempDir,
+    files: usize,
+}
+
+#[cfg(feature = "sqlite")]
+impl Sqlite {
+    fn new() -> Sqlite {
+        Sqlite {
+            dir: tempfile::tempdir().expect("a temporary directory"),
+            files: 0,
+        }
+    }
+    fn open(&self) -> postback_store::SqliteStore {
+        let path = self.dir.path().join(format!("s-{}.sqlite", self.files));
+        postback_store::SqliteStore::open(path).expect("open")
+    }
+}
+
+#[cfg(feature = "sqlite")]
+impl Harness for Sqlite {
+    type Store = postback_store::SqliteStore;
+    fn fresh(&mut self) -> Self::Store {
+        self.files += 1;
+        self.open()
+    }
+    fn reopen(&mut self, old: Self::Store) -> Self::Store {
+        drop(old);
+        self.open()
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
@@ -316,5 +392,18 @@ proptest! {
         salt in any::<u64>(),
     ) {
         check(Memory, &ops, salt);
+    }
+}
+
+#[cfg(feature = "sqlite")]
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn any_interleaving_on_the_sqlite_store_delivers_what_the_engine_delivers(
+        ops in proptest::collection::vec(op(), 1..60),
+        salt in any::<u64>(),
+    ) {
+        check(Sqlite::new(), &ops, salt);
     }
 }

@@ -18,7 +18,9 @@ use chrono::{DateTime, Utc};
 
 use postback::access::{Actor, Settings};
 use postback::delivery::{Action, Delivery, DisablePolicy, Next, Progress, RetryPolicy};
-use postback::model::{ManagerId, OfferId, PartnerId, Postback, PostbackId, Status};
+use postback::model::{
+    ConversionStatus, Corrections, ManagerId, OfferId, PartnerId, Postback, PostbackId, Status,
+};
 use postback::registry::Trigger;
 use postback::template::{Macro, ValueMap};
 use postback_store::{
@@ -571,5 +573,110 @@ fn overlapping_batches_of_triggers_from_several_stores_create_each_delivery_once
     );
     assert_eq!(ok(stores[1].deliveries_count(), "counts").pending, 200);
     drop(stores);
+    support::drop_schemas(&url, &[schema]);
+}
+
+/// A conversion's correction, enqueued through another process, is not claimed by anyone while
+/// the original is out under a lease, and is claimed once the original's result is written.
+#[test]
+fn a_correction_waits_for_the_original_out_with_another_process() {
+    let Some(url) = support::url("a_correction_waits_for_the_original_out_with_another_process")
+    else {
+        return;
+    };
+    let (schema, all) = stores(&url, 2);
+    let corrected = ok(
+        Postback::builder(PostbackId::new(3))
+            .partner(PARTNER)
+            .url("https://partner.example/pb?cid={sub1}&status={conversion_status}")
+            .corrections(Corrections::all())
+            .build(),
+        "the correcting postback",
+    );
+    ok(
+        all[0].postback_manage(
+            t0(),
+            manager(),
+            Manage::Create(corrected),
+            &Settings::default(),
+        ),
+        "creating it",
+    );
+    let t = Trigger::conversion(1001, PARTNER, OfferId::new(42));
+    let values = ValueMap::new().with(Macro::SUB1, "click");
+    let _ = ok(
+        all[0].trigger_enqueue(t0(), &t, &values, &Rules::default()),
+        "the conversion",
+    );
+    let a = ok(all[0].deliveries_claim(t0(), "a", 10, LEASE), "claim a");
+    assert_eq!(a.len(), 2, "both postbacks' originals");
+    let revision = std::num::NonZeroU32::new(1).unwrap_or(std::num::NonZeroU32::MIN);
+    let e = ok(
+        all[1].trigger_enqueue(
+            t0(),
+            &t.corrected(revision, ConversionStatus::Reversed),
+            &values,
+            &Rules::default(),
+        ),
+        "the reversal",
+    );
+    assert_eq!(e.created.len(), 1, "only the postback that opted in");
+    assert!(
+        ok(all[1].deliveries_claim(t0(), "b", 10, LEASE), "claim b").is_empty(),
+        "the reversal waits while its original is out"
+    );
+    for c in &a {
+        let _ = complete(&all[0], c, t0() + secs(1), 200, &DisablePolicy::default());
+    }
+    let b = ok(
+        all[1].deliveries_claim(t0() + secs(1), "b", 10, LEASE),
+        "claim b",
+    );
+    assert_eq!(
+        b.iter()
+            .map(|c| c.delivery.key().to_string())
+            .collect::<Vec<_>>(),
+        ["1001.3.conversion.1"]
+    );
+    drop((all, a, b));
+    support::drop_schemas(&url, &[schema]);
+}
+
+/// A schema from before corrections (version 1) is migrated in place, its deliveries kept.
+#[test]
+fn a_schema_from_before_corrections_is_migrated_and_its_deliveries_still_claimed() {
+    let Some(url) = support::url("a_schema_from_before_corrections_is_migrated") else {
+        return;
+    };
+    let (schema, all) = stores(&url, 1);
+    convert(&all[0], 1);
+    drop(all);
+    let mut client = ok(postgres::Client::connect(&url, postgres::NoTls), "connect");
+    ok(
+        client.batch_execute(&format!(
+            "SET search_path TO \"{schema}\";
+             DROP VIEW deliveries_waiting;
+             DROP INDEX deliveries_corrections;
+             ALTER TABLE deliveries DROP COLUMN revision;
+             UPDATE schema_version SET version = 1;"
+        )),
+        "downgrading to schema 1",
+    );
+    let s = support::open(&url, &schema);
+    convert(&s, 2);
+    assert_eq!(
+        ok(s.deliveries_claim(t0(), "a", 10, LEASE), "claim").len(),
+        2
+    );
+    let version: i64 = ok(
+        client.query_one(
+            &format!("SELECT version FROM \"{schema}\".schema_version"),
+            &[],
+        ),
+        "version",
+    )
+    .get(0);
+    assert_eq!(version, 2);
+    drop(s);
     support::drop_schemas(&url, &[schema]);
 }

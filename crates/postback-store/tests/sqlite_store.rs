@@ -289,3 +289,36 @@ fn a_pending_delivery_takes_a_few_hundred_bytes_on_disk() {
         "{per} bytes per pending delivery"
     );
 }
+
+#[test]
+fn a_file_from_before_corrections_is_migrated_and_its_deliveries_still_claimed() {
+    let d = dir();
+    let path = d.path().join("v1.sqlite");
+    {
+        let s = open(&path);
+        create(&s);
+        assert_eq!(convert(&s, 1), 1);
+    }
+    // Take the file back to schema 1: what a file written before corrections looks like.
+    {
+        let conn = ok(rusqlite::Connection::open(&path), "opening the file");
+        ok(
+            conn.execute_batch(
+                "DROP VIEW deliveries_waiting;
+                 DROP INDEX deliveries_corrections;
+                 ALTER TABLE deliveries DROP COLUMN revision;
+                 PRAGMA user_version = 1;",
+            ),
+            "downgrading to schema 1",
+        );
+    }
+    let s = open(&path);
+    assert_eq!(user_version(&path), 2, "migrated to the corrections schema");
+    assert_eq!(convert(&s, 2), 1);
+    let claimed = claim(&s, "a", 10);
+    assert_eq!(
+        claimed.len(),
+        2,
+        "the old delivery and the new one are claimed"
+    );
+}

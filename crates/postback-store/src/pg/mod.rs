@@ -803,6 +803,7 @@ fn insert_delivery(tx: &mut Tx<'_>, d: &Delivery) -> Result<(), Fail> {
             &floor(d.created()),
             &p.finished_at,
             &p.state,
+            &i64::from(d.key().revision()),
         ],
     )?;
     write_attempts(tx, d, 0)

@@ -6,7 +6,10 @@ use super::Fail;
 use crate::store::StoreError;
 
 /// Every migration, in order: migration `i` brings the schema to version `i + 1`.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_initial.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_initial.sql"),
+    include_str!("migrations/0002_corrections.sql"),
+];
 
 /// The newest schema version this build knows.
 pub(super) fn known() -> i64 {

@@ -304,6 +304,7 @@ fn insert_delivery(conn: &Connection, d: &Delivery) -> Result<(), StoreError> {
             ":postback": int("postback id", d.postback().get())?,
             ":trigger": d.key().trigger().as_str(),
             ":purpose": purpose,
+            ":revision": i64::from(d.key().revision()),
             ":status": p.status,
             ":due_at": p.due_at,
             ":written": p.written,

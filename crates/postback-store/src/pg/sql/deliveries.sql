@@ -1,7 +1,7 @@
 -- name: insert
 INSERT INTO deliveries (id, key, postback, trigger, purpose, status, due_at, claims, settled,
-                        attempts_written, created_at, finished_at, state)
-VALUES ($1, $2, $3, $4, $5, $6, $7, 0, 0, $8, $9, $10, $11::text::jsonb);
+                        attempts_written, created_at, finished_at, state, revision)
+VALUES ($1, $2, $3, $4, $5, $6, $7, 0, 0, $8, $9, $10, $11::text::jsonb, $12);
 
 -- name: exists
 SELECT 1 FROM deliveries WHERE key = $1;
@@ -18,6 +18,8 @@ WITH due AS MATERIALIZED (
       -- a lease when it went off) waits until it is on again.
       AND (purpose = 'test'
            OR postback IN (SELECT id FROM postbacks WHERE status = 'active'))
+      -- A correction waits behind the earlier revisions of its trigger to its postback.
+      AND (revision = 0 OR id NOT IN (SELECT id FROM deliveries_waiting))
     ORDER BY due_at, id
     LIMIT $2
     FOR UPDATE SKIP LOCKED
@@ -76,7 +78,12 @@ ORDER BY id
 FOR UPDATE;
 
 -- name: next_due
-SELECT min(due_at) FROM deliveries WHERE status = 'scheduled';
+-- The first in the due index that is not a waiting correction (NULL when none): in index
+-- order, so it stops at the first.
+SELECT (SELECT due_at FROM deliveries
+        WHERE status = 'scheduled'
+          AND (revision = 0 OR id NOT IN (SELECT id FROM deliveries_waiting))
+        ORDER BY due_at LIMIT 1);
 
 -- name: of
 SELECT state::text FROM deliveries

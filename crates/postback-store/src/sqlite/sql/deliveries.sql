@@ -1,8 +1,8 @@
 -- name: insert
-INSERT INTO deliveries (id, key, postback, trigger, purpose, status, due_at, claims, settled,
-                        attempts_written, created_at, finished_at, state)
-VALUES (:id, :key, :postback, :trigger, :purpose, :status, :due_at, 0, 0,
-        :written, :created_at, :finished_at, :state);
+INSERT INTO deliveries (id, key, postback, trigger, purpose, revision, status, due_at, claims,
+                        settled, attempts_written, created_at, finished_at, state)
+VALUES (:id, :key, :postback, :trigger, :purpose, :revision, :status, :due_at, 0,
+        0, :written, :created_at, :finished_at, :state);
 
 -- name: exists
 SELECT 1 FROM deliveries WHERE key = ?1;
@@ -15,6 +15,8 @@ WHERE status = 'scheduled' AND due_at <= :now
   -- A postback that is off (paused, disabled, deleted) has nothing claimed: a delivery left
   -- scheduled for it (out under a lease when it went off) waits until it is on again.
   AND (purpose = 'test' OR postback IN (SELECT id FROM postbacks WHERE status = 'active'))
+  -- A correction waits behind the earlier revisions of its trigger to its postback.
+  AND (revision = 0 OR id NOT IN (SELECT id FROM deliveries_waiting))
 ORDER BY due_at, id
 LIMIT :limit;
 
@@ -25,6 +27,7 @@ WHERE id IN (SELECT id FROM deliveries
              WHERE status = 'scheduled' AND due_at <= :now
                AND (purpose = 'test'
                     OR postback IN (SELECT id FROM postbacks WHERE status = 'active'))
+               AND (revision = 0 OR id NOT IN (SELECT id FROM deliveries_waiting))
              ORDER BY due_at, id
              LIMIT :limit)
 RETURNING id, claims, settled, state;
@@ -72,7 +75,12 @@ WHERE postback = :postback AND status = 'scheduled' AND id <> :id
 ORDER BY id;
 
 -- name: next_due
-SELECT min(due_at) FROM deliveries WHERE status = 'scheduled';
+-- The first in the due index that is not a waiting correction (NULL when none): in index
+-- order, so it stops at the first.
+SELECT (SELECT due_at FROM deliveries
+        WHERE status = 'scheduled'
+          AND (revision = 0 OR id NOT IN (SELECT id FROM deliveries_waiting))
+        ORDER BY due_at LIMIT 1);
 
 -- name: of
 SELECT state FROM deliveries
