@@ -488,3 +488,45 @@ fn signing_a_pixel_or_naming_a_parameter_the_url_has_is_refused_when_built() {
         .unwrap();
     assert!(unsigned.signing().is_none());
 }
+
+#[test]
+fn a_correction_is_signed_under_its_own_key_like_the_original() {
+    use postback::model::{ConversionStatus, Corrections};
+    let pb = Postback::builder(PB)
+        .partner(PARTNER)
+        .offer(OFFER)
+        .url(format!(
+            "{ORIGIN}/pb?cid={{sub1}}&status={{conversion_status}}"
+        ))
+        .corrections(Corrections::none().with(ConversionStatus::Rejected))
+        .signing(headers(&[SECRET]))
+        .build()
+        .unwrap();
+    let mut e = engine(pb);
+    let values = |status: &str| {
+        ValueMap::new()
+            .with(Macro::SUB1, "c")
+            .with(Macro::CONVERSION_STATUS, status)
+    };
+    let original = Trigger::conversion(1001, PARTNER, OFFER);
+    let _ = e.handle_trigger(t0(), &original, &values("approved"));
+    let first = e.poll_transmit(t0()).unwrap();
+    e.handle_response(t0(), first.delivery, status(200))
+        .unwrap();
+    let revision = std::num::NonZeroU32::new(1).unwrap();
+    let corrected = original.corrected(revision, ConversionStatus::Rejected);
+    let later = t0() + TimeDelta::minutes(10);
+    let fired = e.handle_trigger(later, &corrected, &values("rejected"));
+    assert_eq!(fired.deliveries.len(), 1, "{:?}", fired.errors);
+    let correction = e.poll_transmit(later).unwrap();
+    assert_eq!(header(&correction, HEADER_ID), correction.key.to_text());
+    assert_ne!(header(&correction, HEADER_ID), header(&first, HEADER_ID));
+    assert_eq!(
+        header(&correction, HEADER_TIMESTAMP),
+        later.timestamp().to_string()
+    );
+    assert_eq!(
+        verify_received(&correction, &[secret(SECRET)], later),
+        Ok(())
+    );
+}
