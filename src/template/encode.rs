@@ -145,6 +145,31 @@ pub(crate) fn encode_into(out: &mut String, s: &str, pos: Position) {
     }
 }
 
+/// Whether `s` encodes to the same text in every position: each of its bytes is kept in all of
+/// them or escaped in all of them.
+pub(crate) fn same_in_every_position(s: &str) -> bool {
+    // Per byte, `(ESCAPE[b] + 1) & 6` is 0 exactly for 0 (kept everywhere) and 7 (escaped
+    // everywhere); eight bytes are judged per test.
+    let t: &[u8; 256] = &ESCAPE;
+    let mixed = |b: u8| t[usize::from(b)].wrapping_add(1) & 6;
+    let bytes = s.as_bytes();
+    let mut chunks = bytes.chunks_exact(8);
+    for c in &mut chunks {
+        let any = mixed(c[0])
+            | mixed(c[1])
+            | mixed(c[2])
+            | mixed(c[3])
+            | mixed(c[4])
+            | mixed(c[5])
+            | mixed(c[6])
+            | mixed(c[7]);
+        if any != 0 {
+            return false;
+        }
+    }
+    chunks.remainder().iter().all(|&b| mixed(b) == 0)
+}
+
 /// How many leading bytes need no encoding. Eight bytes are judged per step with one test, so an
 /// id of 24 clean bytes costs three branches instead of 24.
 #[inline(always)]
@@ -301,6 +326,21 @@ mod tests {
                 let expected: String = utf8_percent_encode(s, pos.set()).collect();
                 assert_eq!(enc(s, pos), expected, "{s:?} at {pos:?}");
             }
+        }
+    }
+
+    #[test]
+    fn same_in_every_position_is_exactly_equal_encodings() {
+        for b in 0u8..=0x7f {
+            let s = format!("a{}b", char::from(b));
+            let all = [Position::PathSegment, Position::Strict]
+                .map(|p| enc(&s, p) == enc(&s, Position::Component));
+            assert_eq!(same_in_every_position(&s), all == [true, true], "{s:?}");
+        }
+        for s in ["", "abc-._~", "a b", "€", "a:b", "a b€", "x'y"] {
+            let all = [Position::PathSegment, Position::Strict]
+                .map(|p| enc(s, p) == enc(s, Position::Component));
+            assert_eq!(same_in_every_position(s), all == [true, true], "{s:?}");
         }
     }
 

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::catalog::{Catalog, Macro};
-use super::encode::Position;
+use super::encode::{self, Position};
 use super::money::{Amount, Currency};
 use super::{CURRENCY, Fill, Generic, MONEY, NOT_COMPONENT, Seg, write_checked, write_plain};
 use crate::hash::IdMap;
@@ -281,7 +281,7 @@ pub struct ValueMap {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Prep {
     start: u32,
-    len: u32,
+    len: u16,
     /// [`PREP_SET`] and the positions and checks its text fits.
     flags: u8,
 }
@@ -302,7 +302,7 @@ const TEXT_PAD: &str = "                                ";
 
 /// The most bytes a slot's prepared text may hold; longer values are written as they are
 /// asked for.
-const MAX_PREPARED: usize = 1 << 20;
+const MAX_PREPARED: usize = u16::MAX as usize;
 
 impl fmt::Debug for ValueMap {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -394,8 +394,12 @@ impl ValueMap {
         let i = usize::from(m.id());
         if i < DENSE {
             if self.dense.len() <= i {
-                self.dense.resize(i + 1, None);
-                self.prep.resize(i + 1, Prep::default());
+                // Room by powers of two: a map filled in any order grows a few times at most.
+                let room = (i + 1).next_power_of_two().clamp(16, DENSE);
+                self.dense.reserve_exact(room - self.dense.len());
+                self.prep.reserve_exact(room - self.prep.len());
+                self.dense.resize_with(i + 1, || None);
+                self.prep.resize_with(i + 1, Prep::default);
             }
             self.forget(i);
             self.prep[i] = self.prepare(&v);
@@ -410,6 +414,7 @@ impl ValueMap {
     /// Append the text of `v` for a query component to `text` and classify it.
     fn prepare(&mut self, v: &OwnedValue) -> Prep {
         if self.text.is_empty() {
+            self.text.reserve(256);
             self.text.push_str(TEXT_PAD);
         }
         let start = self.text.len() - TEXT_PAD.len();
@@ -417,8 +422,8 @@ impl ValueMap {
         let flags = prep_value(&mut self.text, v.as_value());
         let len = self.text.len() - start;
         self.text.push_str(TEXT_PAD);
-        match (u32::try_from(start), u32::try_from(len)) {
-            (Ok(start), Ok(len)) if (len as usize) <= MAX_PREPARED => Prep { start, len, flags },
+        match (u32::try_from(start), u16::try_from(len)) {
+            (Ok(start), Ok(len)) if usize::from(len) <= MAX_PREPARED => Prep { start, len, flags },
             // Written as it is asked for; the text stays until the next compaction.
             _ => {
                 self.dead += len;
@@ -431,7 +436,7 @@ impl ValueMap {
     fn forget(&mut self, i: usize) {
         if let Some(p) = self.prep.get_mut(i) {
             if p.flags & PREP_SET != 0 {
-                self.dead += p.len as usize;
+                self.dead += usize::from(p.len);
             }
             *p = Prep::default();
         }
@@ -439,16 +444,21 @@ impl ValueMap {
 
     /// Rebuild `text` once most of it is text no slot uses, so that setting the same macro
     /// again and again does not grow the map.
+    #[inline]
     fn compact_if_wasteful(&mut self) {
-        if self.dead <= 4096 || self.dead * 2 <= self.text.len() {
-            return;
+        if self.dead > 4096 && self.dead * 2 > self.text.len() {
+            self.compact();
         }
+    }
+
+    #[cold]
+    fn compact(&mut self) {
         let old = std::mem::take(&mut self.text);
         let mut text = String::with_capacity(old.len() - self.dead.min(old.len()));
         self.dead = 0;
         for p in &mut self.prep {
             if p.flags & PREP_SET != 0 {
-                let (start, end) = (p.start as usize, (p.start + p.len) as usize);
+                let (start, end) = (p.start as usize, p.start as usize + usize::from(p.len));
                 p.start = text.len() as u32;
                 text.push_str(&old[start..end]);
             }
@@ -477,7 +487,7 @@ impl ValueMap {
     /// has room: a fixed-size copy is a couple of moves, a copy of unknown length a call.
     #[inline(always)]
     fn push_prepared(&self, out: &mut String, p: Prep) {
-        let (start, len) = (p.start as usize, p.len as usize);
+        let (start, len) = (p.start as usize, usize::from(p.len));
         let at = out.len();
         let room = out.capacity() - at;
         if len <= 16 && room >= 16 {
@@ -576,33 +586,39 @@ impl MacroValues for ValueMap {
 }
 
 /// Write `v` as a macro in a query component writes it, and say where else that text is what
-/// expansion would write: in every position, for a money macro, for `{currency}`. Each claim is
-/// checked by writing the value the way expansion does and comparing, so a prepared value can
-/// never differ from one written when asked for.
+/// expansion would write: in every position, for a money macro, for `{currency}`. A claim about
+/// a check is made only after writing the value the way expansion does and comparing (past the
+/// end of `out`, then cut back), so a prepared value cannot differ from one written when asked
+/// for; cheap tests first keep that off the common path (and its errors' allocations with it).
 fn prep_value(out: &mut String, v: Value<'_>) -> u8 {
     let start = out.len();
     write_plain(out, v, Position::Component);
-    let text = &out[start..];
-    let mut other = String::with_capacity(text.len());
-    let mut same = |write: &dyn Fn(&mut String) -> bool| {
-        other.clear();
-        write(&mut other) && other == text
+    let s = match v {
+        // Written by the same code whatever the position, and by the same code for a money
+        // macro (amounts and integers) or `{currency}` (a code) as for any other.
+        Value::Int(_) | Value::Amount(_) => return PREP_SET | PREP_ANY_POS | PREP_MONEY,
+        Value::Currency(_) => return PREP_SET | PREP_ANY_POS | PREP_CURRENCY,
+        Value::Time(_) => return PREP_SET | PREP_ANY_POS,
+        Value::Encoded(e) => e.as_str(),
+        // Encoding decides byte by byte, so the text is the same everywhere exactly when each
+        // byte is kept everywhere or escaped everywhere.
+        Value::Text(s) if encode::same_in_every_position(s) => s,
+        Value::Text(_) => return PREP_SET,
     };
-    let mut flags = PREP_SET;
-    if [Position::PathSegment, Position::Strict]
-        .into_iter()
-        .all(|pos| {
-            same(&|o| {
-                write_plain(o, v, pos);
-                true
-            })
-        })
-    {
-        flags |= PREP_ANY_POS;
-        for check in [PREP_MONEY, PREP_CURRENCY] {
-            if same(&|o| write_checked(o, v, check, Position::Component)) {
+    let mut flags = PREP_SET | PREP_ANY_POS;
+    let end = out.len();
+    // Only a plain decimal (or nothing) fits a money macro, only three letters (or nothing)
+    // `{currency}`: other text is not tried.
+    let decimal = s
+        .bytes()
+        .all(|b| b.is_ascii_digit() || b == b'.' || b == b'-');
+    let code = s.len() == 3 || s.is_empty();
+    for (check, maybe) in [(PREP_MONEY, decimal), (PREP_CURRENCY, code)] {
+        if maybe {
+            if write_checked(out, v, check, Position::Component) && out[end..] == out[start..end] {
                 flags |= check;
             }
+            out.truncate(end);
         }
     }
     flags
