@@ -222,12 +222,11 @@ const ESCAPE_STR: [&str; 256] = {
     let mut t = [""; 256];
     let mut b = 0;
     while b < 256 {
-        t[b] = match ESCAPES.split_at_checked(3 * b) {
-            Some((_, rest)) => match rest.split_at_checked(3) {
-                Some((e, _)) => e,
-                None => panic!("three bytes per escape"),
-            },
-            None => panic!("three bytes per escape"),
+        let (_, rest) = ESCAPES.as_bytes().split_at(3 * b);
+        let (e, _) = rest.split_at(3);
+        t[b] = match std::str::from_utf8(e) {
+            Ok(e) => e,
+            Err(_) => panic!("escapes are ASCII"),
         };
         b += 1;
     }
