@@ -1002,6 +1002,19 @@ mod tests {
     }
 
     #[test]
+    fn a_value_too_long_to_prepare_is_written_when_asked_for() {
+        let long = "a&".repeat(40_000);
+        let map = ValueMap::new()
+            .with(Macro::SUB1, long.as_str())
+            .with(Macro::SUB2, "b c");
+        assert_eq!(map.prep_of(Macro::SUB1), Prep::default());
+        assert_ne!(map.prep_of(Macro::SUB2).flags, 0);
+        let t = super::super::Template::parse("https://t.example/?a={sub1}&b={sub2}").unwrap();
+        let expected = format!("https://t.example/?a={}&b=b%20c", "a%26".repeat(40_000));
+        assert_eq!(t.expand(&map).unwrap(), expected);
+    }
+
+    #[test]
     fn encoded_values_are_checked_on_deserialize() {
         let bad = r#"{"type":"encoded","value":"a&b"}"#;
         assert!(serde_json::from_str::<OwnedValue>(bad).is_err());
