@@ -389,3 +389,78 @@ proptest! {
         }
     }
 }
+
+/// A [`ValueMap`] asked for its values one by one, as any caller's own type is: expansion cannot
+/// use the text the map prepared when the values were set.
+struct OneByOne<'a>(&'a ValueMap);
+
+impl postback::template::MacroValues for OneByOne<'_> {
+    fn value(&self, m: Macro) -> Option<postback::template::Value<'_>> {
+        self.0.value(m)
+    }
+}
+
+/// A value of any kind, as a caller might set it for any macro (money and currency included).
+fn any_value() -> impl Strategy<Value = OwnedValue> {
+    prop_oneof![
+        4 => value().prop_map(OwnedValue::from),
+        1 => prop::sample::select(vec!["", "12.50", "-3", "1,5", "EUR", "eur", "%41", "0.1e3"])
+            .prop_map(OwnedValue::from),
+        1 => prop::sample::select(vec!["", "EUR", "%41%42", "12.50", "a-b_c~d"])
+            .prop_map(|s| OwnedValue::encoded(s).unwrap()),
+        1 => any::<i64>().prop_map(OwnedValue::from),
+        1 => amount().prop_map(OwnedValue::from),
+        1 => currency().prop_map(OwnedValue::from),
+        1 => (0i64..4_000_000_000).prop_map(|s| OwnedValue::from(
+            chrono::DateTime::from_timestamp(s, 0).unwrap()
+        )),
+    ]
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Whatever the values and wherever the macros stand (path, query, fragment, HTML code,
+    /// money and currency macros, the payout under both names, a macro without a value), a
+    /// `ValueMap` expands to exactly what the same values give when asked for one by one: the
+    /// same text or the same error. Values are set more than once, so replaced text is too.
+    #[test]
+    fn a_value_map_expands_exactly_as_its_values_asked_one_by_one(
+        first in prop::collection::vec(any_value(), 9),
+        then in prop::collection::vec(prop::option::of(any_value()), 9),
+        refuse_empty in any::<bool>(),
+    ) {
+        use postback::template::{Catalog, Context, EmptyPolicy, Options};
+        let macros = [
+            Macro::SUB1, Macro::SUB2, Macro::SUB3, Macro::SUB4, Macro::PAYOUT,
+            Macro::SALE_AMOUNT, Macro::CURRENCY, Macro::SUB5, Macro::OFFER_ID,
+        ];
+        let mut map = ValueMap::new();
+        for (m, v) in macros.iter().zip(&first) {
+            map.set(*m, v.clone());
+        }
+        for (m, v) in macros.iter().zip(&then) {
+            match v {
+                Some(v) => { map.set(*m, v.clone()); }
+                None => { map.remove(*m); }
+            }
+        }
+        let mut options = Options::default();
+        if refuse_empty {
+            options = options.empty(EmptyPolicy::Refuse);
+        }
+        let url = "https://t.example/p/{sub2}/x{sub3}/{payout}?cid={sub1}&k{sub4}=v\
+            &cur={currency}&pay={payout}&amt={payout_amount}&s={sale_amount}&o={offer_id}\
+            &n={sub6}#f-{sub5}";
+        let html = "<img src=\"https://t.example/?a={sub1}&b={sub2}\">{currency}{payout}{sub4}{offer_id}";
+        for (src, context) in [(url, Context::Url), (html, Context::Html)] {
+            let t = Template::compile(src, context, &Catalog::standard(), options).unwrap();
+            let mut prepared = String::from("kept ");
+            let mut asked = String::from("kept ");
+            let a = t.expand_into(&mut prepared, &map);
+            let b = t.expand_into(&mut asked, &OneByOne(&map));
+            prop_assert_eq!(a, b, "{}", src);
+            prop_assert_eq!(prepared, asked, "{}", src);
+        }
+    }
+}

@@ -137,12 +137,37 @@ pub(crate) fn encode_into(out: &mut String, s: &str, pos: Position) {
     // Most values (ids, numbers, countries) need nothing and are copied in one piece.
     match s.split_at_checked(clean) {
         Some((head, "")) => out.push_str(head),
-        Some((head, rest)) => {
+        Some((head, _)) => {
             out.push_str(head);
-            encode_rest(out, rest.as_bytes(), bit);
+            encode_rest(out, s, clean, bit);
         }
-        None => encode_rest(out, s.as_bytes(), bit),
+        None => encode_rest(out, s, 0, bit),
     }
+}
+
+/// Whether `s` encodes to the same text in every position: each of its bytes is kept in all of
+/// them or escaped in all of them.
+pub(crate) fn same_in_every_position(s: &str) -> bool {
+    // Per byte, `(ESCAPE[b] + 1) & 6` is 0 exactly for 0 (kept everywhere) and 7 (escaped
+    // everywhere); eight bytes are judged per test.
+    let t: &[u8; 256] = &ESCAPE;
+    let mixed = |b: u8| t[usize::from(b)].wrapping_add(1) & 6;
+    let bytes = s.as_bytes();
+    let mut chunks = bytes.chunks_exact(8);
+    for c in &mut chunks {
+        let any = mixed(c[0])
+            | mixed(c[1])
+            | mixed(c[2])
+            | mixed(c[3])
+            | mixed(c[4])
+            | mixed(c[5])
+            | mixed(c[6])
+            | mixed(c[7]);
+        if any != 0 {
+            return false;
+        }
+    }
+    chunks.remainder().iter().all(|&b| mixed(b) == 0)
 }
 
 /// How many leading bytes need no encoding. Eight bytes are judged per step with one test, so an
@@ -171,20 +196,58 @@ fn clean_prefix(bytes: &[u8], bit: u8) -> usize {
     i
 }
 
-/// Encode from the first byte that needs it. Not inlined: the common clean value stays a short
-/// path in the caller's loop.
-#[inline(never)]
-fn encode_rest(out: &mut String, bytes: &[u8], bit: u8) {
+/// `%00%01...%FF`: the escape of byte `b` is `ESCAPES[3 * b..3 * b + 3]`.
+const ESCAPES: &str = {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    const BYTES: [u8; 768] = {
+        let mut t = [0u8; 768];
+        let mut b = 0;
+        while b < 256 {
+            t[3 * b] = b'%';
+            t[3 * b + 1] = HEX[b >> 4];
+            t[3 * b + 2] = HEX[b & 15];
+            b += 1;
+        }
+        t
+    };
+    match std::str::from_utf8(&BYTES) {
+        Ok(s) => s,
+        Err(_) => panic!("escapes are ASCII"),
+    }
+};
+
+/// The escape of every byte as its own `&str`, so that pushing one takes no slicing (and no
+/// character-boundary check).
+const ESCAPE_STR: [&str; 256] = {
+    let mut t = [""; 256];
+    let mut b = 0;
+    while b < 256 {
+        let (_, rest) = ESCAPES.as_bytes().split_at(3 * b);
+        let (e, _) = rest.split_at(3);
+        t[b] = match std::str::from_utf8(e) {
+            Ok(e) => e,
+            Err(_) => panic!("escapes are ASCII"),
+        };
+        b += 1;
+    }
+    t
+};
+
+/// Encode from byte `i`, the first that needs it: each escape pushed as one 3-byte piece.
+/// Not inlined: the common clean value stays a short path in the caller's loop.
+#[inline(never)]
+fn encode_rest(out: &mut String, s: &str, i: usize, bit: u8) {
     let t: &[u8; 256] = &ESCAPE;
-    for &b in bytes {
-        // `& 0x7f` tells the compiler each pushed byte is ASCII, so a push is one store and no
-        // call. A byte kept as is is ASCII: every non-ASCII byte is encoded.
+    for &b in s.as_bytes().get(i..).unwrap_or_default() {
         if t[usize::from(b)] & bit != 0 {
-            out.push('%');
-            out.push(char::from(HEX[usize::from(b >> 4)] & 0x7f));
-            out.push(char::from(HEX[usize::from(b & 15)] & 0x7f));
+            let e = ESCAPE_STR[usize::from(b)];
+            // Always three: the test lets the compiler copy exactly three bytes, no call.
+            if e.len() == 3 {
+                out.push_str(e);
+            }
         } else {
+            // `& 0x7f` tells the compiler the byte is ASCII, so a push is one store and no
+            // call. A byte kept as is is ASCII: every non-ASCII byte is encoded.
             out.push(char::from(b & 0x7f));
         }
     }
@@ -262,6 +325,21 @@ mod tests {
                 let expected: String = utf8_percent_encode(s, pos.set()).collect();
                 assert_eq!(enc(s, pos), expected, "{s:?} at {pos:?}");
             }
+        }
+    }
+
+    #[test]
+    fn same_in_every_position_is_exactly_equal_encodings() {
+        for b in 0u8..=0x7f {
+            let s = format!("a{}b", char::from(b));
+            let all = [Position::PathSegment, Position::Strict]
+                .map(|p| enc(&s, p) == enc(&s, Position::Component));
+            assert_eq!(same_in_every_position(&s), all == [true, true], "{s:?}");
+        }
+        for s in ["", "abc-._~", "a b", "€", "a:b", "a b€", "x'y"] {
+            let all = [Position::PathSegment, Position::Strict]
+                .map(|p| enc(s, p) == enc(s, Position::Component));
+            assert_eq!(same_in_every_position(s), all == [true, true], "{s:?}");
         }
     }
 

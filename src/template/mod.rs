@@ -311,6 +311,9 @@ const FRAGMENT: u8 = 16;
 /// counts, or an empty value refused); set when the template is compiled, so that the others
 /// take the plain path.
 const CHECKED: u8 = 32;
+/// The macro stands outside a query component (in a path segment or HTML code): text a
+/// [`ValueMap`] prepared for a query fits it only if it is the same in every position.
+const NOT_COMPONENT: u8 = 64;
 
 /// Which HTML element a pixel postback is rendered as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -685,6 +688,15 @@ impl Template {
         out: &mut String,
         values: &V,
     ) -> Result<(), ExpandError> {
+        match values.as_value_map() {
+            // Each value's text was worked out when it was set: no lookup by kind, no encoding.
+            Some(map) => self.expand_with(out, map),
+            None => self.expand_with(out, &Generic(values)),
+        }
+    }
+
+    #[inline(always)]
+    fn expand_with<F: Fill + ?Sized>(&self, out: &mut String, f: &F) -> Result<(), ExpandError> {
         let lits = &*self.lits;
         let refuse_empty = self.options.empty == EmptyPolicy::Refuse;
         let mut start = 0;
@@ -694,16 +706,12 @@ impl Template {
             push_literal(out, lits, start, end);
             start = end;
             if seg.flags & CHECKED == 0 {
-                if let Some(v) = values.value(seg.mac) {
-                    write_plain(out, v, seg.pos);
-                }
+                f.plain(out, seg);
                 continue;
             }
             let before = out.len();
-            if let Some(v) = values.value(seg.mac) {
-                if !Self::write_value(out, v, seg) {
-                    return Err(self.misfit(v, seg));
-                }
+            if !f.checked(out, seg) {
+                return Err(self.misfit(f.value_of(seg.mac), seg));
             }
             if seg.flags & DOT_CHECK != 0 {
                 self.check_dot_segment(out, seg)?;
@@ -754,45 +762,14 @@ impl Template {
         ExpandError::NoClickId(names.join(", "))
     }
 
-    /// Write one value; `false` when it does not fit its macro (the caller builds the error on
-    /// the cold path, so the hot loop carries no large error type).
-    #[inline(always)]
-    fn write_value(out: &mut String, v: Value<'_>, seg: &Seg) -> bool {
-        if seg.flags & (CURRENCY | MONEY) == 0 {
-            write_plain(out, v, seg.pos);
-            return true;
-        }
-        if seg.flags & CURRENCY != 0 {
-            let code = match v {
-                Value::Currency(c) => c,
-                Value::Text("") => return true,
-                Value::Text(s) | Value::Encoded(Encoded(s)) => match Currency::new(s) {
-                    Ok(c) => c,
-                    Err(_) => return false,
-                },
-                _ => return false,
-            };
-            code.write_to(out);
-            return true;
-        }
-        match v {
-            Value::Amount(a) => a.write_to(out),
-            Value::Int(n) => Amount::new(n, 0).write_to(out),
-            Value::Text(s) | Value::Encoded(Encoded(s)) => {
-                if !s.is_empty() && s.parse::<Amount>().is_err() {
-                    return false;
-                }
-                out.push_str(s);
-            }
-            _ => return false,
-        }
-        true
-    }
-
     /// Why `v` does not fit the macro of `seg`.
     #[cold]
-    fn misfit(&self, v: Value<'_>, seg: &Seg) -> ExpandError {
+    fn misfit(&self, v: Option<Value<'_>>, seg: &Seg) -> ExpandError {
         let name = self.macro_name(seg.mac);
+        let Some(v) = v else {
+            // Only a `MacroValues` whose answer changed between two questions gets here.
+            return ExpandError::Missing(name);
+        };
         match v {
             Value::Text(s) | Value::Encoded(Encoded(s)) if seg.flags & CURRENCY != 0 => {
                 ExpandError::Currency(CurrencyError(s.to_owned()))
@@ -921,6 +898,76 @@ impl Template {
             + self.segs.len() * std::mem::size_of::<Seg>()
             + self.custom.iter().map(|(n, _)| n.len() + 24).sum::<usize>()
             + self.lints.len() * std::mem::size_of::<Lint>()
+    }
+}
+
+/// Write one value of a checked macro; `false` when it does not fit its macro (the caller
+/// builds the error on the cold path, so the hot loop carries no large error type).
+#[inline(always)]
+fn write_checked(out: &mut String, v: Value<'_>, flags: u8, pos: Position) -> bool {
+    if flags & (CURRENCY | MONEY) == 0 {
+        write_plain(out, v, pos);
+        return true;
+    }
+    if flags & CURRENCY != 0 {
+        let code = match v {
+            Value::Currency(c) => c,
+            Value::Text("") => return true,
+            Value::Text(s) | Value::Encoded(Encoded(s)) => match Currency::new(s) {
+                Ok(c) => c,
+                Err(_) => return false,
+            },
+            _ => return false,
+        };
+        code.write_to(out);
+        return true;
+    }
+    match v {
+        Value::Amount(a) => a.write_to(out),
+        Value::Int(n) => Amount::new(n, 0).write_to(out),
+        Value::Text(s) | Value::Encoded(Encoded(s)) => {
+            if !s.is_empty() && s.parse::<Amount>().is_err() {
+                return false;
+            }
+            out.push_str(s);
+        }
+        _ => return false,
+    }
+    true
+}
+
+/// Where expansion gets the text of each macro: any [`MacroValues`] ([`Generic`]), or a
+/// [`ValueMap`], which prepared the text of each value when it was set.
+trait Fill {
+    /// Write the value of a macro that needs no check (nothing if it has none).
+    fn plain(&self, out: &mut String, seg: &Seg);
+    /// Write the value of a checked macro; `false` when it does not fit.
+    fn checked(&self, out: &mut String, seg: &Seg) -> bool;
+    /// The value, for the error.
+    fn value_of(&self, m: Macro) -> Option<Value<'_>>;
+}
+
+/// Values asked for one by one and written by kind.
+struct Generic<'a, V: ?Sized>(&'a V);
+
+impl<V: MacroValues + ?Sized> Fill for Generic<'_, V> {
+    #[inline(always)]
+    fn plain(&self, out: &mut String, seg: &Seg) {
+        if let Some(v) = self.0.value(seg.mac) {
+            write_plain(out, v, seg.pos);
+        }
+    }
+
+    #[inline(always)]
+    fn checked(&self, out: &mut String, seg: &Seg) -> bool {
+        match self.0.value(seg.mac) {
+            Some(v) => write_checked(out, v, seg.flags, seg.pos),
+            None => true,
+        }
+    }
+
+    fn value_of(&self, m: Macro) -> Option<Value<'_>> {
+        self.0.value(m)
     }
 }
 
@@ -1222,11 +1269,16 @@ impl Builder<'_> {
         } else {
             0
         };
+        let place = if pos == Position::Component {
+            0
+        } else {
+            NOT_COMPONENT
+        };
         self.segs.push(Seg {
             lit_end: self.lits.len() as u32,
             mac,
             pos,
-            flags: flags | click | kind,
+            flags: flags | click | kind | place,
         });
     }
 

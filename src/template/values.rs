@@ -7,7 +7,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::catalog::{Catalog, Macro};
+use super::encode::{self, Position};
 use super::money::{Amount, Currency};
+use super::{CURRENCY, Fill, Generic, MONEY, NOT_COMPONENT, Seg, write_checked, write_plain};
 use crate::hash::IdMap;
 
 /// A value for one macro. Text is encoded for the position it lands in; the other variants are
@@ -80,11 +82,29 @@ pub trait MacroValues {
     fn to_stored(&self, extra: &[Macro]) -> StoredValues {
         StoredValues::capture(self, Macro::builtins().chain(extra.iter().copied()))
     }
+
+    /// These values as a [`ValueMap`], if they are one. Expansion then writes the text the map
+    /// prepared when each value was set (classified and encoded once) instead of asking
+    /// [`MacroValues::value`] and encoding on every expansion. Keep the default (`None`) unless
+    /// the map answers exactly as `value` does.
+    #[inline(always)]
+    fn as_value_map(&self) -> Option<&ValueMap> {
+        None
+    }
 }
 
 impl<T: MacroValues + ?Sized> MacroValues for &T {
     fn value(&self, m: Macro) -> Option<Value<'_>> {
         (**self).value(m)
+    }
+
+    fn to_stored(&self, extra: &[Macro]) -> StoredValues {
+        (**self).to_stored(extra)
+    }
+
+    #[inline(always)]
+    fn as_value_map(&self) -> Option<&ValueMap> {
+        (**self).as_value_map()
     }
 }
 
@@ -239,13 +259,60 @@ impl From<DateTime<Utc>> for OwnedValue {
 /// A ready [`MacroValues`]: values by macro, owned. Serializes as `{"values": {id: value}}`.
 ///
 /// Built-in macros (ids below `DENSE`) are held in a slot per id, so expansion finds a value
-/// with one index and no hash; a network's own macros are in a map.
-#[derive(Debug, Clone, Default)]
+/// with one index and no hash; a network's own macros are in a map. Each built-in value is
+/// classified and written out when it is set (text percent-encoded for a query, amounts and
+/// numbers formatted, whether it fits a money or currency macro), so that expanding a template
+/// copies prepared text instead of encoding again. Setting a value therefore costs its encoding:
+/// a map pays off when it is expanded more than once (several postbacks, retries); for a single
+/// expansion, a [`MacroValues`] impl on your own type does less work.
+#[derive(Clone, Default)]
 pub struct ValueMap {
     /// Slot `i` holds the value of the macro with id `i`; no trailing empty slots.
     dense: Vec<Option<OwnedValue>>,
     /// Every other macro.
     sparse: IdMap<Macro, OwnedValue>,
+    /// How expansion writes slot `i`, as many as `dense`.
+    prep: Vec<Prep>,
+    /// The prepared text of the slots (ASCII), followed by [`TEXT_PAD`].
+    text: String,
+    /// Bytes of `text` no slot uses any more (values replaced or removed).
+    dead: usize,
+}
+
+/// A slot's value as expansion writes it: `text[start..start + len]` of its [`ValueMap`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Prep {
+    start: u32,
+    len: u16,
+    /// [`PREP_SET`] and the positions and checks its text fits.
+    flags: u8,
+}
+
+/// The slot has prepared text (for a query component: `ValueMap::prep_value`).
+const PREP_SET: u8 = 128;
+/// The text is the same in every position (a path segment and HTML code too); the bit a
+/// macro outside a query asks for.
+const PREP_ANY_POS: u8 = NOT_COMPONENT;
+/// The text is what a money macro writes for the value (the value fits one).
+const PREP_MONEY: u8 = MONEY;
+/// The text is what `{currency}` writes for the value (the value fits it).
+const PREP_CURRENCY: u8 = CURRENCY;
+
+/// Spaces after the prepared text, so that a short value can be copied as a fixed 16 or 32
+/// bytes.
+const TEXT_PAD: &str = "                                ";
+
+/// The most bytes a slot's prepared text may hold; longer values are written as they are
+/// asked for.
+const MAX_PREPARED: usize = u16::MAX as usize;
+
+impl fmt::Debug for ValueMap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ValueMap")
+            .field("dense", &self.dense)
+            .field("sparse", &self.sparse)
+            .finish()
+    }
 }
 
 /// Ids below this have a slot: every built-in macro.
@@ -329,13 +396,116 @@ impl ValueMap {
         let i = usize::from(m.id());
         if i < DENSE {
             if self.dense.len() <= i {
-                self.dense.resize(i + 1, None);
+                // Room by powers of two: a map filled in any order grows a few times at most.
+                let room = (i + 1).next_power_of_two().clamp(16, DENSE);
+                self.dense.reserve_exact(room - self.dense.len());
+                self.prep.reserve_exact(room - self.prep.len());
+                self.dense.resize_with(i + 1, || None);
+                self.prep.resize_with(i + 1, Prep::default);
             }
+            self.forget(i);
+            self.prep[i] = self.prepare(&v);
             self.dense[i] = Some(v);
+            self.compact_if_wasteful();
         } else {
             self.sparse.insert(m, v);
         }
         self
+    }
+
+    /// Append the text of `v` for a query component to `text` and classify it.
+    fn prepare(&mut self, v: &OwnedValue) -> Prep {
+        if self.text.is_empty() {
+            self.text.reserve(256);
+            self.text.push_str(TEXT_PAD);
+        }
+        let start = self.text.len() - TEXT_PAD.len();
+        self.text.truncate(start);
+        let flags = prep_value(&mut self.text, v.as_value());
+        let len = self.text.len() - start;
+        self.text.push_str(TEXT_PAD);
+        match (u32::try_from(start), u16::try_from(len)) {
+            (Ok(start), Ok(len)) if usize::from(len) <= MAX_PREPARED => Prep { start, len, flags },
+            // Written as it is asked for; the text stays until the next compaction.
+            _ => {
+                self.dead += len;
+                Prep::default()
+            }
+        }
+    }
+
+    /// Slot `i`'s prepared text is no longer used.
+    fn forget(&mut self, i: usize) {
+        if let Some(p) = self.prep.get_mut(i) {
+            if p.flags & PREP_SET != 0 {
+                self.dead += usize::from(p.len);
+            }
+            *p = Prep::default();
+        }
+    }
+
+    /// Rebuild `text` once most of it is text no slot uses, so that setting the same macro
+    /// again and again does not grow the map.
+    #[inline]
+    fn compact_if_wasteful(&mut self) {
+        if self.dead > 4096 && self.dead * 2 > self.text.len() {
+            self.compact();
+        }
+    }
+
+    #[cold]
+    fn compact(&mut self) {
+        let old = std::mem::take(&mut self.text);
+        let mut text = String::with_capacity(old.len() - self.dead.min(old.len()));
+        self.dead = 0;
+        for p in &mut self.prep {
+            if p.flags & PREP_SET != 0 {
+                let (start, end) = (p.start as usize, p.start as usize + usize::from(p.len));
+                p.start = text.len() as u32;
+                text.push_str(&old[start..end]);
+            }
+        }
+        text.push_str(TEXT_PAD);
+        self.text = text;
+    }
+
+    /// The prepared text of `m`, when it has some.
+    #[inline(always)]
+    fn prep_of(&self, m: Macro) -> Prep {
+        match self.prep.get(usize::from(m.id())) {
+            Some(p) if p.flags != 0 => *p,
+            // One value serves both spellings of the payout.
+            _ if m == Macro::PAYOUT_AMOUNT && self.get(m).is_none() => self
+                .prep
+                .get(usize::from(Macro::PAYOUT.id()))
+                .copied()
+                .unwrap_or_default(),
+            _ => Prep::default(),
+        }
+    }
+
+    /// Append the prepared text `p`. Text of at most 16 or 32 bytes is copied as exactly that
+    /// many (reaching into the next slot's text or [`TEXT_PAD`]) and cut back, where the buffer
+    /// has room: a fixed-size copy is a couple of moves, a copy of unknown length a call.
+    #[inline(always)]
+    fn push_prepared(&self, out: &mut String, p: Prep) {
+        let (start, len) = (p.start as usize, usize::from(p.len));
+        let at = out.len();
+        let room = out.capacity() - at;
+        if len <= 16 && room >= 16 {
+            if let Some(chunk) = self.text.get(start..start + 16) {
+                out.push_str(chunk);
+                out.truncate(at + len);
+                return;
+            }
+        } else if len <= 32 && room >= 32 {
+            if let Some(chunk) = self.text.get(start..start + 32) {
+                out.push_str(chunk);
+                out.truncate(at + len);
+                return;
+            }
+        }
+        out.push_str(self.text.get(start..start + len).unwrap_or_default());
     }
 
     /// Set a value by macro name, checked against `catalog`.
@@ -372,9 +542,12 @@ impl ValueMap {
             return self.sparse.remove(&m);
         }
         let v = self.dense.get_mut(i)?.take();
+        self.forget(i);
         while self.dense.last().is_some_and(Option::is_none) {
             self.dense.pop();
+            self.prep.pop();
         }
+        self.compact_if_wasteful();
         v
     }
 
@@ -406,6 +579,79 @@ impl MacroValues for ValueMap {
                 .filter(|(m, _)| *m != Macro::DELIVERY_ID)
                 .map(|(m, v)| (m, v.as_value())),
         )
+    }
+
+    #[inline(always)]
+    fn as_value_map(&self) -> Option<&ValueMap> {
+        Some(self)
+    }
+}
+
+/// Write `v` as a macro in a query component writes it, and say where else that text is what
+/// expansion would write: in every position, for a money macro, for `{currency}`. A claim about
+/// a check is made only after writing the value the way expansion does and comparing (past the
+/// end of `out`, then cut back), so a prepared value cannot differ from one written when asked
+/// for; cheap tests first keep that off the common path (and its errors' allocations with it).
+fn prep_value(out: &mut String, v: Value<'_>) -> u8 {
+    let start = out.len();
+    write_plain(out, v, Position::Component);
+    let s = match v {
+        // Written by the same code whatever the position, and by the same code for a money
+        // macro (amounts and integers) or `{currency}` (a code) as for any other.
+        Value::Int(_) | Value::Amount(_) => return PREP_SET | PREP_ANY_POS | PREP_MONEY,
+        Value::Currency(_) => return PREP_SET | PREP_ANY_POS | PREP_CURRENCY,
+        Value::Time(_) => return PREP_SET | PREP_ANY_POS,
+        Value::Encoded(e) => e.as_str(),
+        // Encoding decides byte by byte, so the text is the same everywhere exactly when each
+        // byte is kept everywhere or escaped everywhere.
+        Value::Text(s) if encode::same_in_every_position(s) => s,
+        Value::Text(_) => return PREP_SET,
+    };
+    let mut flags = PREP_SET | PREP_ANY_POS;
+    let end = out.len();
+    // Only a plain decimal (or nothing) fits a money macro, only three letters (or nothing)
+    // `{currency}`: other text is not tried.
+    let decimal = s
+        .bytes()
+        .all(|b| b.is_ascii_digit() || b == b'.' || b == b'-');
+    let code = s.len() == 3 || s.is_empty();
+    for (check, maybe) in [(PREP_MONEY, decimal), (PREP_CURRENCY, code)] {
+        if maybe {
+            if write_checked(out, v, check, Position::Component) && out[end..] == out[start..end] {
+                flags |= check;
+            }
+            out.truncate(end);
+        }
+    }
+    flags
+}
+
+impl Fill for ValueMap {
+    #[inline(always)]
+    fn plain(&self, out: &mut String, seg: &Seg) {
+        let p = self.prep_of(seg.mac);
+        let need = seg.flags & PREP_ANY_POS | PREP_SET;
+        if p.flags & need == need {
+            self.push_prepared(out, p);
+        } else {
+            Generic(self).plain(out, seg);
+        }
+    }
+
+    #[inline(always)]
+    fn checked(&self, out: &mut String, seg: &Seg) -> bool {
+        let p = self.prep_of(seg.mac);
+        let need = seg.flags & (PREP_ANY_POS | PREP_MONEY | PREP_CURRENCY) | PREP_SET;
+        if p.flags & need == need {
+            self.push_prepared(out, p);
+            true
+        } else {
+            Generic(self).checked(out, seg)
+        }
+    }
+
+    fn value_of(&self, m: Macro) -> Option<Value<'_>> {
+        MacroValues::value(self, m)
     }
 }
 
@@ -732,6 +978,40 @@ mod tests {
                 .with(Macro::PAYOUT, Amount::new(150, 2))
                 .with(Macro::SUB1, "a")
         );
+    }
+
+    #[test]
+    fn replaced_values_do_not_grow_the_prepared_text() {
+        let mut map = ValueMap::new().with(Macro::SUB2, "stays & put");
+        for i in 0..2_000 {
+            map.set(Macro::SUB1, format!("value {i} with some length to it"));
+            if i % 7 == 0 {
+                map.remove(Macro::SUB3);
+                map.set(Macro::SUB3, i64::from(i));
+            }
+        }
+        // Live text is under 60 bytes; at most 4 KiB of replaced text waits for compaction.
+        assert!(map.text.len() < 4096 * 2 + 128, "{} bytes", map.text.len());
+        assert!(map.text.ends_with(TEXT_PAD));
+        let t =
+            super::super::Template::parse("https://t.example/?a={sub1}&b={sub2}&c={sub3}").unwrap();
+        assert_eq!(
+            t.expand(&map).unwrap(),
+            "https://t.example/?a=value%201999%20with%20some%20length%20to%20it&b=stays%20%26%20put&c=1995"
+        );
+    }
+
+    #[test]
+    fn a_value_too_long_to_prepare_is_written_when_asked_for() {
+        let long = "a&".repeat(40_000);
+        let map = ValueMap::new()
+            .with(Macro::SUB1, long.as_str())
+            .with(Macro::SUB2, "b c");
+        assert_eq!(map.prep_of(Macro::SUB1), Prep::default());
+        assert_ne!(map.prep_of(Macro::SUB2).flags, 0);
+        let t = super::super::Template::parse("https://t.example/?a={sub1}&b={sub2}").unwrap();
+        let expected = format!("https://t.example/?a={}&b=b%20c", "a%26".repeat(40_000));
+        assert_eq!(t.expand(&map).unwrap(), expected);
     }
 
     #[test]
