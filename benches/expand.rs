@@ -255,7 +255,7 @@ fn fixture(name: &'static str, src: &'static str, conv: &Conversion) -> Fixture 
             used.push(m);
         }
     }
-    let mut map = ValueMap::new();
+    let mut map = ValueMap::prepared();
     let mut tokens = Vec::new();
     let mut raws = Vec::new();
     let mut by_name = HashMap::new();
@@ -312,7 +312,7 @@ fn v_owned(v: Value<'_>) -> postback::template::OwnedValue {
 
 /// A map of the values of the macros `f`'s template uses, set from `conv`.
 fn value_map(f: &Fixture, conv: &Conversion) -> ValueMap {
-    let mut map = ValueMap::new();
+    let mut map = ValueMap::prepared();
     for &m in &f.used {
         if let Some(v) = conv.value(m) {
             map.set(m, v_owned(v));

@@ -1,6 +1,7 @@
 //! One expansion, repeated, for counting instructions with callgrind (issue 15): the templates
 //! and values of `benches/expand.rs`, expanded N times with a caller's struct (`struct`), a
-//! `ValueMap` built once (`map`), a `ValueMap` built and expanded in every round (`set`), or the
+//! prepared `ValueMap` built once (`map`), a prepared `ValueMap` built and expanded in every round
+//! (`set`), a plain `ValueMap` built and expanded in every round (`plainset`), or the
 //! `push_str` floor of pre-encoded pieces (`floor`).
 //!
 //! ```text
@@ -226,7 +227,7 @@ fn main() {
             used.push(m);
         }
     }
-    let mut map = ValueMap::new();
+    let mut map = ValueMap::prepared();
     for &m in &used {
         map.set(m, owned(conv.value(m).expect("a value for every macro")));
     }
@@ -253,8 +254,15 @@ fn main() {
         match mode.as_str() {
             "struct" => t.expand_into(&mut out, black_box(&conv)).expect("expands"),
             "map" => t.expand_into(&mut out, black_box(&map)).expect("expands"),
-            "set" => {
+            "plainset" => {
                 let mut m = ValueMap::new();
+                for &mac in &used {
+                    m.set(mac, owned(black_box(&conv).value(mac).expect("a value")));
+                }
+                t.expand_into(&mut out, &m).expect("expands");
+            }
+            "set" => {
+                let mut m = ValueMap::prepared();
                 for &mac in &used {
                     m.set(mac, owned(black_box(&conv).value(mac).expect("a value")));
                 }

@@ -435,7 +435,7 @@ proptest! {
             Macro::SUB1, Macro::SUB2, Macro::SUB3, Macro::SUB4, Macro::PAYOUT,
             Macro::SALE_AMOUNT, Macro::CURRENCY, Macro::SUB5, Macro::OFFER_ID,
         ];
-        let mut map = ValueMap::new();
+        let mut map = ValueMap::prepared();
         for (m, v) in macros.iter().zip(&first) {
             map.set(*m, v.clone());
         }
