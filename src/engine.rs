@@ -47,7 +47,7 @@ use crate::template::{MacroValues, StoredValues};
 
 pub use crate::delivery::Health;
 pub use crate::plan::{FireError, RenderedPixel, held_for};
-use crate::plan::{PlanRules, originals, plan_correction};
+use crate::plan::{History, PlanRules, correction_keys, plan_correction};
 
 /// The shortest lease honoured, whatever the configuration says: a zero lease would send every
 /// request again at once.
@@ -430,6 +430,9 @@ pub struct Engine {
     behind: IdMap<DeliveryKey, Vec<DeliveryId>>,
     /// The original each of those waits on.
     waiting_behind: IdMap<DeliveryId, DeliveryKey>,
+    /// The highest revision that went out (sent at least once, or finished), by the original's
+    /// key, so a correction planned after a later one went out is skipped.
+    latest: IdMap<DeliveryKey, u32>,
     /// Unfinished deliveries per postback (derived from `deliveries`).
     by_postback: IdMap<PostbackId, BTreeSet<DeliveryId>>,
     /// Every key known: an unfinished delivery's with its handle, a remembered finished one's
@@ -475,6 +478,7 @@ impl Engine {
             corrections: IdMap::default(),
             behind: IdMap::default(),
             waiting_behind: IdMap::default(),
+            latest: IdMap::default(),
             by_postback: IdMap::default(),
             keys: IdMap::default(),
             done_keys: VecDeque::new(),
@@ -595,13 +599,22 @@ impl Engine {
             max_value_len: self.config.max_value_len,
             idempotency_header: self.config.idempotency_header.as_deref(),
         };
-        // A correction follows the conversion to the postbacks that had it.
-        let had: Vec<PostbackId> = originals(&self.registry, trigger)
-            .into_iter()
-            .filter(|k| self.knows(k))
-            .map(|k| k.postback())
-            .collect();
-        let plan = plan_correction(&self.registry, trigger, values, &rules, &had);
+        // A correction follows the conversion to the postbacks that had it, unless a later one
+        // got there first.
+        let mut history = History::default();
+        for k in correction_keys(&self.registry, trigger) {
+            if self.knows(&k.original()) {
+                history.had_original.push(k.postback());
+            }
+            if self
+                .latest
+                .get(&k.original())
+                .is_some_and(|&r| r > k.revision())
+            {
+                history.superseded.push(k.postback());
+            }
+        }
+        let plan = plan_correction(&self.registry, trigger, values, &rules, &history);
         let mut fired = Fired {
             resolution: plan.resolution,
             deliveries: Vec::new(),
@@ -753,6 +766,9 @@ impl Engine {
         if d.key().is_correction() {
             let revisions = self.corrections.entry(d.key().original()).or_default();
             revisions.insert(d.key().revision());
+            if !d.attempts().is_empty() {
+                self.note_key(d.key());
+            }
         }
         self.by_postback.entry(d.postback()).or_default().insert(id);
         self.keys.insert(*d.key(), Some(id));
@@ -787,6 +803,7 @@ impl Engine {
             self.forget_old_keys();
         } else {
             self.keys.remove(d.key());
+            self.forget_key(d.key());
         }
         if self.config.finished_per_postback > 0 && real {
             let kept = self.finished.entry(pid).or_default();
@@ -814,6 +831,23 @@ impl Engine {
         for id in self.behind.remove(&original).unwrap_or_default() {
             self.waiting_behind.remove(&id);
             self.schedule(id);
+        }
+    }
+
+    /// A correction went out (or finished): the latest revision of its original may be higher
+    /// now.
+    fn note_key(&mut self, key: &DeliveryKey) {
+        if key.is_correction() {
+            let latest = self.latest.entry(key.original()).or_default();
+            *latest = (*latest).max(key.revision());
+        }
+    }
+
+    /// A key is forgotten: if it was its original's latest revision, the latest is not known
+    /// any more (as for any forgotten key, a correction then plans as if it were new).
+    fn forget_key(&mut self, key: &DeliveryKey) {
+        if key.is_correction() && self.latest.get(&key.original()) == Some(&key.revision()) {
+            self.latest.remove(&key.original());
         }
     }
 
@@ -845,6 +879,7 @@ impl Engine {
         while self.done_keys.len() > self.config.remembered_keys {
             if let Some(old) = self.done_keys.pop_front() {
                 self.keys.remove(&old);
+                self.forget_key(&old);
             }
         }
     }
@@ -932,6 +967,7 @@ impl Engine {
             let key = *d.key();
             match action {
                 Action::Send(out) => {
+                    self.note_key(&key);
                     self.schedule(id);
                     if let Some(slots) = self.hosts.get_mut(&host) {
                         slots.in_flight += 1;
@@ -1402,6 +1438,7 @@ impl Engine {
             if e.keys.insert(key, None).is_some() {
                 return Err(RestoreError::DuplicateKey(key));
             }
+            e.note_key(&key);
             e.done_keys.push_back(key);
         }
         for d in finished {

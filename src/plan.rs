@@ -119,13 +119,27 @@ pub fn plan_trigger<V: MacroValues + ?Sized>(
     values: &V,
     rules: &PlanRules<'_>,
 ) -> Plan {
-    plan_correction(registry, trigger, values, rules, &[])
+    plan_correction(registry, trigger, values, rules, &History::default())
 }
 
-/// The original deliveries (revision 0) a correction's plan asks about: one per postback that
-/// matches the trigger. Look each up and pass the postbacks whose original exists (in any state)
-/// to [`plan_correction`]. Empty for a trigger that is not a correction.
-pub fn originals(registry: &Registry, trigger: &Trigger) -> Vec<DeliveryKey> {
+/// What the caller's records say of a correction's conversion, per postback, for
+/// [`plan_correction`]: fill it from the [`correction_keys`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct History {
+    /// Postbacks that had the original ([`DeliveryKey::original`] exists, in any state).
+    pub had_original: Vec<PostbackId>,
+    /// Postbacks to which a later revision of the conversion went out already (sent at least
+    /// once, or finished): this correction is stale there and is skipped, so a late "approved"
+    /// never follows "reversed". A later revision not yet sent waits behind this one instead.
+    pub superseded: Vec<PostbackId>,
+}
+
+/// The keys a correction would have at each postback that matches its trigger (empty for a
+/// trigger that is not a correction). For each, look up whether its
+/// [`original`](DeliveryKey::original) exists and whether a later revision of it exists, and
+/// pass what you find to [`plan_correction`] as a [`History`].
+pub fn correction_keys(registry: &Registry, trigger: &Trigger) -> Vec<DeliveryKey> {
     if trigger.correction.is_none() {
         return Vec::new();
     }
@@ -133,25 +147,26 @@ pub fn originals(registry: &Registry, trigger: &Trigger) -> Vec<DeliveryKey> {
         .resolve(trigger)
         .decisions
         .iter()
-        .map(|d| trigger.key(d.postback).original())
+        .map(|d| trigger.key(d.postback))
         .collect()
 }
 
-/// [`plan_trigger`], with `had_original` the postbacks that had this conversion before (see
-/// [`originals`]). For a trigger that is not a correction, the same as [`plan_trigger`].
+/// [`plan_trigger`], with the `history` of the conversion (see [`correction_keys`]). For a
+/// trigger that is not a correction, the same as [`plan_trigger`].
 ///
 /// A correction goes to the postbacks that opted in to its status
 /// ([`Corrections`](crate::model::Corrections)) and had the original: held while such a postback
 /// is off (paused or disabled), so a reversal is never dropped behind a pause, and sent after the
 /// original once it is on ([`DeliveryKey::waits_behind`]). When no matching postback had the
 /// original (it predates them, or its record was pruned), the correction goes where a trigger
-/// would, among those that opted in. It renders no pixel: the conversion page is gone.
+/// would, among those that opted in. A postback that has a later revision already skips it
+/// ([`SkipReason::Superseded`]). It renders no pixel: the conversion page is gone.
 pub fn plan_correction<V: MacroValues + ?Sized>(
     registry: &Registry,
     trigger: &Trigger,
     values: &V,
     rules: &PlanRules<'_>,
-    had_original: &[PostbackId],
+    history: &History,
 ) -> Plan {
     let mut resolution = registry.resolve(trigger);
     let (targets, status) = match trigger.correction {
@@ -161,7 +176,7 @@ pub fn plan_correction<V: MacroValues + ?Sized>(
             (firing.chain(held).collect(), None)
         }
         Some(c) => {
-            let targets = correction_targets(registry, &mut resolution, c.status, had_original);
+            let targets = correction_targets(registry, &mut resolution, c.status, history);
             (targets, Some(c.status))
         }
     };
@@ -231,8 +246,9 @@ fn correction_targets(
     registry: &Registry,
     resolution: &mut Resolution,
     status: ConversionStatus,
-    had_original: &[PostbackId],
+    history: &History,
 ) -> Vec<(PostbackId, bool)> {
+    let had_original = &history.had_original;
     let held: Vec<PostbackId> = held_for(registry, resolution).collect();
     let any_had = resolution
         .decisions
@@ -249,6 +265,10 @@ fn correction_targets(
                     why: SkipReason::CorrectionsOff,
                 };
             }
+        } else if history.superseded.contains(&d.postback) {
+            d.outcome = Outcome::Skipped {
+                why: SkipReason::Superseded,
+            };
         } else if any_had {
             if had_original.contains(&d.postback) {
                 let off = !pb.status().is_active();

@@ -153,6 +153,9 @@ pub enum SkipReason {
     CorrectionsOff,
     /// A correction, and the conversion went to other postbacks, which get it.
     OriginalElsewhere,
+    /// A correction older than one that went out to this postback already (a late revision):
+    /// sending it would leave the partner on a stale status.
+    Superseded,
 }
 
 /// The verdict on one matching postback.
@@ -273,6 +276,12 @@ impl fmt::Display for Resolution {
                 Outcome::Skipped {
                     why: SkipReason::CorrectionsOff,
                 } => write!(f, "skipped: takes no corrections to this status")?,
+                Outcome::Skipped {
+                    why: SkipReason::Superseded,
+                } => write!(
+                    f,
+                    "skipped: it has a later status change of this conversion already"
+                )?,
                 Outcome::Skipped {
                     why: SkipReason::OriginalElsewhere,
                 } => write!(

@@ -176,6 +176,34 @@ fn the_same_correction_twice_creates_nothing_new() {
 }
 
 #[test]
+fn a_revision_that_arrives_after_a_later_one_is_skipped_so_the_partner_keeps_the_latest_status() {
+    let mut e = engine(vec![postback(PB, Corrections::all())]);
+    let _ = e.handle_trigger(t0(), &conversion(1001), &values(1250));
+    let _ = e.handle_trigger(
+        t0(),
+        &conversion(1001).corrected(rev(2), ConversionStatus::Reversed),
+        &values(0),
+    );
+    let mut sent = send_due(&mut e, t0(), |_| ok());
+    // Revision 1 comes late, after revision 2 went out: sending it would end on "approved".
+    let late = e.handle_trigger(
+        t0(),
+        &conversion(1001).corrected(rev(1), ConversionStatus::Approved),
+        &values(1250),
+    );
+    assert!(late.deliveries.is_empty() && late.held.is_empty());
+    assert_eq!(
+        late.resolution.decision(PB).unwrap().outcome,
+        Outcome::Skipped {
+            why: SkipReason::Superseded
+        }
+    );
+    sent.extend(send_due(&mut e, t0(), |_| ok()));
+    assert!(sent.last().unwrap().1.contains("status=reversed"));
+    assert_eq!(keys(&sent), ["1001.1.conversion.0", "1001.1.conversion.2"]);
+}
+
+#[test]
 fn a_correction_waits_behind_an_original_that_is_still_retrying() {
     let mut e = engine(vec![postback(PB, Corrections::all())]);
     let _ = e.handle_trigger(t0(), &conversion(1001), &values(1250));

@@ -11,7 +11,7 @@ use postback::delivery::{
     check, settle,
 };
 use postback::model::{DeliveryKey, Postback, PostbackId, Purpose, TriggerId};
-use postback::plan::{originals, plan_correction};
+use postback::plan::{History, correction_keys, plan_correction};
 use postback::registry::{Registry, RegistryError, Trigger};
 use postback::template::MacroValues;
 
@@ -58,25 +58,38 @@ pub(crate) fn finished_at(d: &Delivery) -> Option<DateTime<Utc>> {
     }
 }
 
-/// A trigger's plan, against the stored registry; `known` says whether a key exists.
-/// `next_id` hands out delivery ids. Returns what to report and the deliveries to insert.
+/// What [`enqueue`] asks the store about its rows.
+pub(crate) enum Ask<'a> {
+    /// Whether a delivery with this key exists (in any state).
+    Exists(&'a DeliveryKey),
+    /// Whether a delivery of this key's trigger to its postback with a higher revision went out
+    /// (claimed at least once, or finished).
+    Later(&'a DeliveryKey),
+}
+
+/// A trigger's plan, against the stored registry; `ask` answers what the plan needs of the
+/// rows. `next_id` hands out delivery ids. Returns what to report and the deliveries to insert.
 pub(crate) fn enqueue(
     registry: &Registry,
     now: DateTime<Utc>,
     trigger: &Trigger,
     values: &dyn MacroValues,
     rules: &Rules,
-    mut known: impl FnMut(&DeliveryKey) -> Result<bool, StoreError>,
+    mut ask: impl FnMut(Ask<'_>) -> Result<bool, StoreError>,
     mut next_id: impl FnMut() -> Result<DeliveryId, StoreError>,
 ) -> Result<(Enqueued, Vec<Delivery>), StoreError> {
-    // A correction follows the conversion to the postbacks that had it.
-    let mut had = Vec::new();
-    for original in originals(registry, trigger) {
-        if known(&original)? {
-            had.push(original.postback());
+    // A correction follows the conversion to the postbacks that had it, unless a later one got
+    // there first.
+    let mut history = History::default();
+    for key in correction_keys(registry, trigger) {
+        if ask(Ask::Exists(&key.original()))? {
+            history.had_original.push(key.postback());
+        }
+        if ask(Ask::Later(&key))? {
+            history.superseded.push(key.postback());
         }
     }
-    let plan = plan_correction(registry, trigger, values, &rules.plan(), &had);
+    let plan = plan_correction(registry, trigger, values, &rules.plan(), &history);
     let mut out = Enqueued {
         resolution: plan.resolution,
         created: Vec::new(),
@@ -87,7 +100,7 @@ pub(crate) fn enqueue(
     };
     let mut rows = Vec::new();
     for p in plan.deliveries {
-        if known(&p.key)? {
+        if ask(Ask::Exists(&p.key))? {
             out.duplicates.push(p.key);
             continue;
         }

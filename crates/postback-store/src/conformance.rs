@@ -61,6 +61,7 @@ pub fn run_all<H: Harness>(h: &mut H) {
     the_stats_show_each_postback_and_host_with_its_last_results_and_stuck_work(h);
     corrections_go_to_the_postbacks_that_opted_in_each_after_the_earlier_revisions(h);
     a_correction_of_a_held_conversion_is_held_with_it_and_follows_it(h);
+    a_revision_that_arrives_after_a_later_one_is_skipped(h);
 }
 
 fn t0() -> DateTime<Utc> {
@@ -1294,5 +1295,64 @@ pub fn a_correction_of_a_held_conversion_is_held_with_it_and_follows_it<H: Harne
         claimed_keys(&claim(&s, later, "a", 10)),
         ["1001.3.conversion.1"],
         "corrections: then the reversal"
+    );
+}
+
+/// A correction whose later revision went out already is skipped, also after a restart: the
+/// partner never ends on a stale status. One whose later revision has not gone out yet is
+/// created and goes first.
+pub fn a_revision_that_arrives_after_a_later_one_is_skipped<H: Harness>(h: &mut H) {
+    let s = with_correcting_postback(h);
+    convert(&s, 1001, t0());
+    convert(&s, 1002, t0());
+    let _ = correct(&s, 1001, 2, ConversionStatus::Reversed, t0());
+    let _ = correct(&s, 1002, 2, ConversionStatus::Reversed, t0());
+    // 1002's revision 1 comes while its revision 2 still waits behind the original: it is
+    // created, and revision 2 waits behind it too.
+    let early = correct(&s, 1002, 1, ConversionStatus::Approved, t0());
+    assert_eq!(
+        early.created.len(),
+        1,
+        "corrections: a revision before one not yet out"
+    );
+    let mut sent = Vec::new();
+    for round in 0..4 {
+        let at = t0() + secs(round);
+        let c = claim(&s, at, "a", 10);
+        for claimed in &c {
+            let _ = complete(
+                &s,
+                claimed,
+                at,
+                200,
+                &no_jitter(),
+                &DisablePolicy::default(),
+            );
+        }
+        sent.extend(claimed_keys(&c).into_iter().filter(|k| k.contains(".3.")));
+    }
+    let of_1002: Vec<&String> = sent.iter().filter(|k| k.starts_with("1002.")).collect();
+    assert_eq!(
+        of_1002,
+        [
+            "1002.3.conversion.0",
+            "1002.3.conversion.1",
+            "1002.3.conversion.2"
+        ],
+        "corrections: in order"
+    );
+    let s = h.reopen(s);
+    // 1001's revision 2 went out; its revision 1 comes late.
+    let late = correct(&s, 1001, 1, ConversionStatus::Approved, t0());
+    assert!(
+        late.created.is_empty() && late.held.is_empty(),
+        "corrections: a late revision creates nothing"
+    );
+    assert_eq!(
+        late.resolution.decision(CORRECTED).map(|d| d.outcome),
+        Some(postback::registry::Outcome::Skipped {
+            why: postback::registry::SkipReason::Superseded
+        }),
+        "corrections: the resolution says why"
     );
 }

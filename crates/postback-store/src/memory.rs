@@ -48,13 +48,26 @@ struct Inner {
 }
 
 impl Inner {
+    /// Whether a later revision of `key`'s trigger to its postback went out (claimed at least
+    /// once, or finished).
+    fn later(&self, key: &DeliveryKey) -> bool {
+        let last = DeliveryKey::new(key.trigger(), key.postback(), key.purpose(), u32::MAX);
+        self.rows
+            .range((
+                std::ops::Bound::Excluded(*key),
+                std::ops::Bound::Included(last),
+            ))
+            .any(|(_, r)| r.claims > 0 || r.d.is_finished())
+    }
+
     /// Whether `key` must wait: an earlier revision of it is unfinished
     /// ([`DeliveryKey::waits_behind`]).
     fn waits(&self, key: &DeliveryKey) -> bool {
         key.is_correction()
-            && self.rows.range(key.original()..*key).any(|(k, r)| {
-                key.waits_behind(k) && matches!(apply::status_of(&r.d), "scheduled" | "held")
-            })
+            && self
+                .rows
+                .range(key.original()..*key)
+                .any(|(k, r)| key.waits_behind(k) && !r.d.is_finished())
     }
 
     fn next_id(&mut self) -> Result<DeliveryId, StoreError> {
@@ -207,7 +220,12 @@ impl Store for MemoryStore {
             trigger,
             values,
             rules,
-            |k| Ok(g.rows.contains_key(k)),
+            |ask| {
+                Ok(match ask {
+                    apply::Ask::Exists(k) => g.rows.contains_key(k),
+                    apply::Ask::Later(k) => g.later(k),
+                })
+            },
             || {
                 next = next
                     .checked_add(1)

@@ -36,6 +36,17 @@ pub(crate) fn q(file: &'static str, name: &str) -> Result<&'static str, StoreErr
         })
 }
 
+/// The `purpose` column of a delivery with `key`: the key's text between the postback and the
+/// revision (`conversion`, `event-3`, `cpc`, `test`), as `{trigger}.{postback}.{purpose}.{revision}`
+/// writes it (a trigger id may hold dots, a purpose not).
+pub(crate) fn purpose_of(key: &postback::model::DeliveryKey) -> String {
+    key.to_text()
+        .rsplit('.')
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// A time as stored (microseconds), rounded down.
 pub(crate) fn floor(t: DateTime<Utc>) -> i64 {
     t.timestamp_micros()

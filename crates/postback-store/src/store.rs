@@ -432,7 +432,9 @@ pub trait Store: Send + Sync + 'static {
     fn attempts_of(&self, key: &DeliveryKey) -> Result<Vec<Attempt>, StoreError>;
 
     /// Send exhausted deliveries again with a fresh attempt budget, due at `now`, without
-    /// touching the postback's health. Returns how many.
+    /// touching the postback's health. Returns how many. A replayed original whose correction
+    /// was delivered meanwhile is sent after that correction: replay the correction too if the
+    /// partner must end on its status.
     fn deliveries_replay(&self, now: DateTime<Utc>, which: &Replay) -> Result<usize, StoreError>;
 
     /// A postback's health.

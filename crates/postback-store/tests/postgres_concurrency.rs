@@ -655,7 +655,6 @@ fn a_schema_from_before_corrections_is_migrated_and_its_deliveries_still_claimed
     ok(
         client.batch_execute(&format!(
             "SET search_path TO \"{schema}\";
-             DROP VIEW deliveries_waiting;
              DROP INDEX deliveries_corrections;
              ALTER TABLE deliveries DROP COLUMN revision;
              UPDATE schema_version SET version = 1;"

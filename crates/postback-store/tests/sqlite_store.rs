@@ -304,8 +304,7 @@ fn a_file_from_before_corrections_is_migrated_and_its_deliveries_still_claimed()
         let conn = ok(rusqlite::Connection::open(&path), "opening the file");
         ok(
             conn.execute_batch(
-                "DROP VIEW deliveries_waiting;
-                 DROP INDEX deliveries_corrections;
+                "DROP INDEX deliveries_corrections;
                  ALTER TABLE deliveries DROP COLUMN revision;
                  PRAGMA user_version = 1;",
             ),

@@ -786,8 +786,7 @@ fn write_attempts(tx: &mut Tx<'_>, d: &Delivery, written: usize) -> Result<(), F
 
 fn insert_delivery(tx: &mut Tx<'_>, d: &Delivery) -> Result<(), Fail> {
     let key = d.key().to_text();
-    // `{trigger}.{postback}.{purpose}.{revision}`; a trigger id may hold dots, a purpose not.
-    let purpose = key.rsplit('.').nth(1).unwrap_or_default().to_owned();
+    let purpose = crate::sql::purpose_of(d.key());
     let p = project(d, d.due())?;
     tx.execute(
         q(DELIVERIES, "insert")?,
@@ -861,6 +860,7 @@ fn plan_in(
     rules: &Rules,
 ) -> Result<Enqueued, Fail> {
     let exists = q(DELIVERIES, "exists")?;
+    let later = q(DELIVERIES, "later_revision")?;
     let cell = RefCell::new(&mut *tx);
     let (out, new) = apply::enqueue(
         registry,
@@ -868,12 +868,20 @@ fn plan_in(
         trigger,
         values,
         rules,
-        |k| {
-            let found = cell
-                .borrow_mut()
-                .query_opt(exists, &[&k.to_text()])
-                .map_err(Fail::into_store)?;
-            Ok(found.is_some())
+        |ask| {
+            let found = match ask {
+                apply::Ask::Exists(k) => cell.borrow_mut().query_opt(exists, &[&k.to_text()]),
+                apply::Ask::Later(k) => cell.borrow_mut().query_opt(
+                    later,
+                    &[
+                        &k.trigger().as_str(),
+                        &pid_of(k.postback())?,
+                        &crate::sql::purpose_of(k),
+                        &i64::from(k.revision()),
+                    ],
+                ),
+            };
+            Ok(found.map_err(Fail::into_store)?.is_some())
         },
         || next_delivery_id(&mut cell.borrow_mut()).map_err(Fail::into_store),
     )?;

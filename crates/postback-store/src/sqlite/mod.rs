@@ -293,8 +293,7 @@ fn write_attempts(conn: &Connection, d: &Delivery, written: usize) -> Result<(),
 
 fn insert_delivery(conn: &Connection, d: &Delivery) -> Result<(), StoreError> {
     let key = d.key().to_text();
-    // `{trigger}.{postback}.{purpose}.{revision}`; a trigger id may hold dots, a purpose not.
-    let purpose = key.rsplit('.').nth(1).unwrap_or_default().to_owned();
+    let purpose = crate::sql::purpose_of(d.key());
     let p = project(d, d.due())?;
     conn.prepare_cached(q(DELIVERIES, "insert")?)
         .db()?
@@ -632,6 +631,7 @@ impl Store for SqliteStore {
         let registry = cached_registry(&tx, cache)?;
         let mut ids = Ids::read(&tx)?;
         let exists = q(DELIVERIES, "exists")?;
+        let later = q(DELIVERIES, "later_revision")?;
         let mut outs = Vec::with_capacity(batch.len());
         for (trigger, values) in batch {
             let (out, new) = apply::enqueue(
@@ -640,13 +640,24 @@ impl Store for SqliteStore {
                 trigger,
                 *values,
                 rules,
-                |k| {
+                |ask| match ask {
                     // Also a key inserted earlier in this batch: the same trigger twice in one
                     // batch inserts once.
-                    tx.prepare_cached(exists)
+                    apply::Ask::Exists(k) => tx
+                        .prepare_cached(exists)
                         .db()?
                         .exists(params![k.to_text()])
-                        .db()
+                        .db(),
+                    apply::Ask::Later(k) => tx
+                        .prepare_cached(later)
+                        .db()?
+                        .exists(params![
+                            k.trigger().as_str(),
+                            int("postback id", k.postback().get())?,
+                            crate::sql::purpose_of(k),
+                            i64::from(k.revision()),
+                        ])
+                        .db(),
                 },
                 || ids.next(),
             )?;

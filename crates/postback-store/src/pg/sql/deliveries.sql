@@ -12,14 +12,21 @@ SELECT 1 FROM deliveries WHERE key = $1;
 -- each other's rows. RETURNING gives rows in no set order: the caller sorts by the due time the
 -- CTE read.
 WITH due AS MATERIALIZED (
-    SELECT id, due_at FROM deliveries
+    SELECT id, due_at FROM deliveries d
     WHERE status = 'scheduled' AND due_at <= $1
       -- A postback that is off has nothing claimed: a delivery left scheduled for it (out under
       -- a lease when it went off) waits until it is on again.
       AND (purpose = 'test'
            OR postback IN (SELECT id FROM postbacks WHERE status = 'active'))
       -- A correction waits behind the earlier revisions of its trigger to its postback.
-      AND (revision = 0 OR id NOT IN (SELECT id FROM deliveries_waiting))
+      AND (d.revision = 0 OR (
+               NOT EXISTS (SELECT 1 FROM deliveries o
+                           WHERE o.key = d.trigger || '.' || d.postback::text || '.' || d.purpose || '.0'
+                             AND o.status IN ('scheduled', 'held'))
+               AND NOT EXISTS (SELECT 1 FROM deliveries e
+                               WHERE e.revision > 0 AND e.status IN ('scheduled', 'held')
+                                 AND e.trigger = d.trigger AND e.postback = d.postback
+                                 AND e.purpose = d.purpose AND e.revision < d.revision)))
     ORDER BY due_at, id
     LIMIT $2
     FOR UPDATE SKIP LOCKED
@@ -80,9 +87,16 @@ FOR UPDATE;
 -- name: next_due
 -- The first in the due index that is not a waiting correction (NULL when none): in index
 -- order, so it stops at the first.
-SELECT (SELECT due_at FROM deliveries
+SELECT (SELECT due_at FROM deliveries d
         WHERE status = 'scheduled'
-          AND (revision = 0 OR id NOT IN (SELECT id FROM deliveries_waiting))
+          AND (d.revision = 0 OR (
+                   NOT EXISTS (SELECT 1 FROM deliveries o
+                               WHERE o.key = d.trigger || '.' || d.postback::text || '.' || d.purpose || '.0'
+                                 AND o.status IN ('scheduled', 'held'))
+                   AND NOT EXISTS (SELECT 1 FROM deliveries e
+                                   WHERE e.revision > 0 AND e.status IN ('scheduled', 'held')
+                                     AND e.trigger = d.trigger AND e.postback = d.postback
+                                     AND e.purpose = d.purpose AND e.revision < d.revision)))
         ORDER BY due_at LIMIT 1);
 
 -- name: of
@@ -105,3 +119,11 @@ FOR UPDATE;
 
 -- name: prune
 DELETE FROM deliveries WHERE status = 'delivered' AND finished_at < $1;
+
+-- name: later_revision
+-- Whether a later revision of a delivery's trigger to its postback went out (claimed at least
+-- once, or finished): a correction planned after it is stale and skipped.
+SELECT 1 FROM deliveries
+WHERE revision > 0 AND trigger = $1 AND postback = $2 AND purpose = $3 AND revision > $4
+  AND (claims > 0 OR status IN ('delivered', 'gave_up'))
+LIMIT 1;

@@ -10,24 +10,38 @@ SELECT 1 FROM deliveries WHERE key = ?1;
 -- name: due_ids
 -- The claim's selection, in order (RETURNING gives rows in no particular order, and the new
 -- due time): read first in the same transaction.
-SELECT id FROM deliveries
+SELECT id FROM deliveries d
 WHERE status = 'scheduled' AND due_at <= :now
   -- A postback that is off (paused, disabled, deleted) has nothing claimed: a delivery left
   -- scheduled for it (out under a lease when it went off) waits until it is on again.
   AND (purpose = 'test' OR postback IN (SELECT id FROM postbacks WHERE status = 'active'))
   -- A correction waits behind the earlier revisions of its trigger to its postback.
-  AND (revision = 0 OR id NOT IN (SELECT id FROM deliveries_waiting))
+  AND (d.revision = 0 OR (
+           NOT EXISTS (SELECT 1 FROM deliveries o
+                       WHERE o.key = d.trigger || '.' || d.postback || '.' || d.purpose || '.0'
+                         AND o.status IN ('scheduled', 'held'))
+           AND NOT EXISTS (SELECT 1 FROM deliveries e
+                           WHERE e.revision > 0 AND e.status IN ('scheduled', 'held')
+                             AND e.trigger = d.trigger AND e.postback = d.postback
+                             AND e.purpose = d.purpose AND e.revision < d.revision)))
 ORDER BY due_at, id
 LIMIT :limit;
 
 -- name: claim
 UPDATE deliveries
 SET claims = claims + 1, due_at = :lease_end, lease_owner = :owner
-WHERE id IN (SELECT id FROM deliveries
+WHERE id IN (SELECT id FROM deliveries d
              WHERE status = 'scheduled' AND due_at <= :now
                AND (purpose = 'test'
                     OR postback IN (SELECT id FROM postbacks WHERE status = 'active'))
-               AND (revision = 0 OR id NOT IN (SELECT id FROM deliveries_waiting))
+               AND (d.revision = 0 OR (
+                        NOT EXISTS (SELECT 1 FROM deliveries o
+                                    WHERE o.key = d.trigger || '.' || d.postback || '.' || d.purpose || '.0'
+                                      AND o.status IN ('scheduled', 'held'))
+                        AND NOT EXISTS (SELECT 1 FROM deliveries e
+                                        WHERE e.revision > 0 AND e.status IN ('scheduled', 'held')
+                                          AND e.trigger = d.trigger AND e.postback = d.postback
+                                          AND e.purpose = d.purpose AND e.revision < d.revision)))
              ORDER BY due_at, id
              LIMIT :limit)
 RETURNING id, claims, settled, state;
@@ -77,9 +91,16 @@ ORDER BY id;
 -- name: next_due
 -- The first in the due index that is not a waiting correction (NULL when none): in index
 -- order, so it stops at the first.
-SELECT (SELECT due_at FROM deliveries
+SELECT (SELECT due_at FROM deliveries d
         WHERE status = 'scheduled'
-          AND (revision = 0 OR id NOT IN (SELECT id FROM deliveries_waiting))
+          AND (d.revision = 0 OR (
+                   NOT EXISTS (SELECT 1 FROM deliveries o
+                               WHERE o.key = d.trigger || '.' || d.postback || '.' || d.purpose || '.0'
+                                 AND o.status IN ('scheduled', 'held'))
+                   AND NOT EXISTS (SELECT 1 FROM deliveries e
+                                   WHERE e.revision > 0 AND e.status IN ('scheduled', 'held')
+                                     AND e.trigger = d.trigger AND e.postback = d.postback
+                                     AND e.purpose = d.purpose AND e.revision < d.revision)))
         ORDER BY due_at LIMIT 1);
 
 -- name: of
@@ -110,3 +131,11 @@ GROUP BY postback, status;
 -- For the stats: pending deliveries with claims not completed, and whether a lease still runs.
 SELECT key, claims - settled, due_at > :now FROM deliveries
 WHERE status = 'scheduled' AND claims > settled;
+
+-- name: later_revision
+-- Whether a later revision of a delivery's trigger to its postback went out (claimed at least
+-- once, or finished): a correction planned after it is stale and skipped.
+SELECT 1 FROM deliveries
+WHERE revision > 0 AND trigger = ?1 AND postback = ?2 AND purpose = ?3 AND revision > ?4
+  AND (claims > 0 OR status IN ('delivered', 'gave_up'))
+LIMIT 1;
