@@ -786,7 +786,7 @@ fn write_attempts(tx: &mut Tx<'_>, d: &Delivery, written: usize) -> Result<(), F
 
 fn insert_delivery(tx: &mut Tx<'_>, d: &Delivery) -> Result<(), Fail> {
     let key = d.key().to_text();
-    let purpose = crate::sql::purpose_of(d.key());
+    let purpose = crate::sql::purpose_of(&key);
     let p = project(d, d.due())?;
     tx.execute(
         q(DELIVERIES, "insert")?,
@@ -876,7 +876,7 @@ fn plan_in(
                     &[
                         &k.trigger().as_str(),
                         &pid_of(k.postback())?,
-                        &crate::sql::purpose_of(k),
+                        &crate::sql::purpose_of(&k.to_text()),
                         &i64::from(k.revision()),
                     ],
                 ),

@@ -293,7 +293,7 @@ fn write_attempts(conn: &Connection, d: &Delivery, written: usize) -> Result<(),
 
 fn insert_delivery(conn: &Connection, d: &Delivery) -> Result<(), StoreError> {
     let key = d.key().to_text();
-    let purpose = crate::sql::purpose_of(d.key());
+    let purpose = crate::sql::purpose_of(&key);
     let p = project(d, d.due())?;
     conn.prepare_cached(q(DELIVERIES, "insert")?)
         .db()?
@@ -654,7 +654,7 @@ impl Store for SqliteStore {
                         .exists(params![
                             k.trigger().as_str(),
                             int("postback id", k.postback().get())?,
-                            crate::sql::purpose_of(k),
+                            crate::sql::purpose_of(&k.to_text()),
                             i64::from(k.revision()),
                         ])
                         .db(),
