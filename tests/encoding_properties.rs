@@ -303,13 +303,14 @@ proptest! {
                 0..40,
             )
             .prop_map(String::from_iter),
-            2..6,
+            2..9,
         ),
         sub1 in value(),
     ) {
         // Literal pieces of every length around 16 bytes, with multi-byte characters at any
         // offset: expansion copies short pieces in fixed 16-byte blocks, which must never cut a
-        // character or carry bytes of the next piece.
+        // character or carry bytes of the next piece. From two to eight macros, so into both of
+        // expansion's buffers (a string up to four macros, its bytes from five).
         let mut src = String::from("<p>");
         for lit in &lits {
             src.push_str(lit);

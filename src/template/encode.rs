@@ -2,6 +2,8 @@
 
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 
+use super::writer::Out;
+
 /// WHATWG query set: what a browser encodes in a query.
 const QUERY: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'#').add(b'<').add(b'>');
 /// WHATWG path set.
@@ -131,43 +133,15 @@ const ESCAPE: [u8; 256] = {
 
 /// Append `s` encoded for `pos`.
 #[inline(always)]
-pub(crate) fn encode_into(out: &mut String, s: &str, pos: Position) {
+pub(super) fn encode_into<O: Out>(out: &mut O, s: &str, pos: Position) {
     let bit = pos.bit();
     let clean = clean_prefix(s.as_bytes(), bit);
-    // Most values (ids, numbers, countries) need nothing and are copied in one piece.
-    match s.split_at_checked(clean) {
-        Some((head, "")) => out.push_str(head),
-        Some((head, _)) => {
-            out.push_str(head);
-            encode_rest(out, s, clean, bit);
-        }
-        None => encode_rest(out, s, 0, bit),
+    // Most values (ids, numbers, countries) need nothing and are copied in one piece. The clean
+    // prefix is ASCII: every non-ASCII byte is encoded.
+    out.ascii_prefix(s, clean);
+    if clean < s.len() {
+        encode_rest(out, s.as_bytes().get(clean..).unwrap_or_default(), bit);
     }
-}
-
-/// Whether `s` encodes to the same text in every position: each of its bytes is kept in all of
-/// them or escaped in all of them.
-pub(crate) fn same_in_every_position(s: &str) -> bool {
-    // Per byte, `(ESCAPE[b] + 1) & 6` is 0 exactly for 0 (kept everywhere) and 7 (escaped
-    // everywhere); eight bytes are judged per test.
-    let t: &[u8; 256] = &ESCAPE;
-    let mixed = |b: u8| t[usize::from(b)].wrapping_add(1) & 6;
-    let bytes = s.as_bytes();
-    let mut chunks = bytes.chunks_exact(8);
-    for c in &mut chunks {
-        let any = mixed(c[0])
-            | mixed(c[1])
-            | mixed(c[2])
-            | mixed(c[3])
-            | mixed(c[4])
-            | mixed(c[5])
-            | mixed(c[6])
-            | mixed(c[7]);
-        if any != 0 {
-            return false;
-        }
-    }
-    chunks.remainder().iter().all(|&b| mixed(b) == 0)
 }
 
 /// How many leading bytes need no encoding. Eight bytes are judged per step with one test, so an
@@ -194,6 +168,46 @@ fn clean_prefix(bytes: &[u8], bit: u8) -> usize {
         i += 1;
     }
     i
+}
+
+/// Encode `bytes`, the first of which needs it: each escape appended as one 3-byte piece.
+/// Not inlined: the common clean value stays a short path in the caller's loop.
+#[inline(never)]
+fn encode_rest<O: Out>(out: &mut O, bytes: &[u8], bit: u8) {
+    let t: &[u8; 256] = &ESCAPE;
+    for &b in bytes {
+        if t[usize::from(b)] & bit != 0 {
+            out.escape(ESCAPE_STR[usize::from(b)]);
+        } else {
+            // A byte kept as is is ASCII: every non-ASCII byte is encoded.
+            out.ascii(b);
+        }
+    }
+}
+
+/// Whether `s` encodes to the same text in every position: each of its bytes is kept in all of
+/// them or escaped in all of them.
+pub(crate) fn same_in_every_position(s: &str) -> bool {
+    // Per byte, `(ESCAPE[b] + 1) & 6` is 0 exactly for 0 (kept everywhere) and 7 (escaped
+    // everywhere); eight bytes are judged per test.
+    let t: &[u8; 256] = &ESCAPE;
+    let mixed = |b: u8| t[usize::from(b)].wrapping_add(1) & 6;
+    let bytes = s.as_bytes();
+    let mut chunks = bytes.chunks_exact(8);
+    for c in &mut chunks {
+        let any = mixed(c[0])
+            | mixed(c[1])
+            | mixed(c[2])
+            | mixed(c[3])
+            | mixed(c[4])
+            | mixed(c[5])
+            | mixed(c[6])
+            | mixed(c[7]);
+        if any != 0 {
+            return false;
+        }
+    }
+    chunks.remainder().iter().all(|&b| mixed(b) == 0)
 }
 
 /// `%00%01...%FF`: the escape of byte `b` is `ESCAPES[3 * b..3 * b + 3]`.
@@ -232,26 +246,6 @@ const ESCAPE_STR: [&str; 256] = {
     }
     t
 };
-
-/// Encode from byte `i`, the first that needs it: each escape pushed as one 3-byte piece.
-/// Not inlined: the common clean value stays a short path in the caller's loop.
-#[inline(never)]
-fn encode_rest(out: &mut String, s: &str, i: usize, bit: u8) {
-    let t: &[u8; 256] = &ESCAPE;
-    for &b in s.as_bytes().get(i..).unwrap_or_default() {
-        if t[usize::from(b)] & bit != 0 {
-            let e = ESCAPE_STR[usize::from(b)];
-            // Always three: the test lets the compiler copy exactly three bytes, no call.
-            if e.len() == 3 {
-                out.push_str(e);
-            }
-        } else {
-            // `& 0x7f` tells the compiler the byte is ASCII, so a push is one store and no
-            // call. A byte kept as is is ASCII: every non-ASCII byte is encoded.
-            out.push(char::from(b & 0x7f));
-        }
-    }
-}
 
 /// Append literal template text with characters that may not be sent raw percent-encoded. A `%`
 /// that does not start an escape is encoded too, so the result is always a valid request target.

@@ -23,6 +23,7 @@ mod lint;
 mod money;
 mod syntax;
 mod values;
+mod writer;
 
 use std::borrow::Cow;
 use std::fmt;
@@ -44,6 +45,7 @@ pub use values::{
 
 use encode::Position;
 use syntax::Token;
+use writer::{Bytes, Out};
 
 /// The longest template accepted, in bytes. An HTTP request target tops out near 64 KiB, and a
 /// template must leave room for its values.
@@ -276,26 +278,9 @@ struct Seg {
     flags: u8,
 }
 
-/// Spaces after the literal text, so that a short literal can be copied as 16 bytes.
+/// Spaces after the literal text, so that a short literal can be copied as 16 bytes
+/// ([`Out::piece`]).
 const PAD: &str = "                ";
-
-/// Append `lits[start..end]`. A piece of at most 16 bytes is copied as exactly 16 (reaching into
-/// the next piece or [`PAD`]) and cut back: a fixed-size copy is a couple of moves, where a copy
-/// of unknown length is a call into `memcpy`. Most literals between macros are short
-/// (`&sub1=`). Only where the buffer has room for the 16, so a buffer sized for the output is
-/// never grown.
-#[inline(always)]
-fn push_literal(out: &mut String, lits: &str, start: usize, end: usize) {
-    let at = out.len();
-    match lits.get(start..start + 16) {
-        // `get` fails off a character boundary (non-ASCII HTML code): the general copy then.
-        Some(chunk) if end - start <= 16 && out.capacity() - at >= 16 => {
-            out.push_str(chunk);
-            out.truncate(at + (end - start));
-        }
-        _ => out.push_str(&lits[start..end]),
-    }
-}
 
 /// The last macro of a path segment whose literal text is only dots: after it, check that the
 /// segment as expanded is not `.` or `..`.
@@ -671,21 +656,27 @@ impl Template {
         values: &V,
     ) -> Result<(), ExpandError> {
         let mark = out.len();
-        let r = self.expand_unchecked(out, values);
-        if r.is_err() {
-            out.truncate(mark);
+        if self.segs.len() > writer::BYTES_FROM {
+            let mut bytes = Bytes::take(out);
+            let r = self.expand_from(&mut bytes, values);
+            if r.is_err() {
+                bytes.truncate(mark);
+            }
+            bytes.finish(out);
+            r
+        } else {
+            let r = self.expand_from(out, values);
+            if r.is_err() {
+                out.truncate(mark);
+            }
+            r
         }
-        r
     }
 
-    /// The literal text without its padding.
-    fn text(&self) -> &str {
-        &self.lits[..self.lits.len() - PAD.len()]
-    }
-
-    fn expand_unchecked<V: MacroValues + ?Sized>(
+    #[inline(always)]
+    fn expand_from<V: MacroValues + ?Sized, O: Out>(
         &self,
-        out: &mut String,
+        out: &mut O,
         values: &V,
     ) -> Result<(), ExpandError> {
         match values.as_value_map() {
@@ -695,15 +686,21 @@ impl Template {
         }
     }
 
+    /// The literal text without its padding.
     #[inline(always)]
-    fn expand_with<F: Fill + ?Sized>(&self, out: &mut String, f: &F) -> Result<(), ExpandError> {
+    fn text(&self) -> &str {
+        &self.lits[..self.lits.len() - PAD.len()]
+    }
+
+    #[inline(always)]
+    fn expand_with<F: Fill + ?Sized, O: Out>(&self, out: &mut O, f: &F) -> Result<(), ExpandError> {
         let lits = &*self.lits;
         let refuse_empty = self.options.empty == EmptyPolicy::Refuse;
         let mut start = 0;
         let mut click_id_filled = false;
         for seg in self.segs.iter() {
             let end = seg.lit_end as usize;
-            push_literal(out, lits, start, end);
+            out.piece::<16>(lits, start, end - start);
             start = end;
             if seg.flags & CHECKED == 0 {
                 f.plain(out, seg);
@@ -714,7 +711,7 @@ impl Template {
                 return Err(self.misfit(f.value_of(seg.mac), seg));
             }
             if seg.flags & DOT_CHECK != 0 {
-                self.check_dot_segment(out, seg)?;
+                self.check_dot_segment(out.bytes(), seg)?;
             }
             let filled = out.len() != before;
             if refuse_empty && !filled {
@@ -722,7 +719,7 @@ impl Template {
             }
             click_id_filled |= filled & (seg.flags & (CLICK_ID | FRAGMENT) == CLICK_ID);
         }
-        out.push_str(&self.text()[start..]);
+        out.push_str(self.text().get(start..).unwrap_or_default());
         if !click_id_filled && self.options.require_click_id && self.has_click_id() {
             return Err(self.no_click_id());
         }
@@ -731,9 +728,9 @@ impl Template {
 
     /// After the last macro of a path segment whose literal text is only dots.
     #[cold]
-    fn check_dot_segment(&self, out: &str, seg: &Seg) -> Result<(), ExpandError> {
+    fn check_dot_segment(&self, out: &[u8], seg: &Seg) -> Result<(), ExpandError> {
         // Values never hold a raw `/`, so the segment starts after the last one.
-        let seg_start = out.rfind('/').map_or(0, |i| i + 1);
+        let seg_start = out.iter().rposition(|&b| b == b'/').map_or(0, |i| i + 1);
         let rest = &self.text()[seg.lit_end as usize..];
         let tail = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
         if is_dot_segment(&out[seg_start..], tail) {
@@ -904,7 +901,7 @@ impl Template {
 /// Write one value of a checked macro; `false` when it does not fit its macro (the caller
 /// builds the error on the cold path, so the hot loop carries no large error type).
 #[inline(always)]
-fn write_checked(out: &mut String, v: Value<'_>, flags: u8, pos: Position) -> bool {
+fn write_checked<O: Out>(out: &mut O, v: Value<'_>, flags: u8, pos: Position) -> bool {
     if flags & (CURRENCY | MONEY) == 0 {
         write_plain(out, v, pos);
         return true;
@@ -923,8 +920,8 @@ fn write_checked(out: &mut String, v: Value<'_>, flags: u8, pos: Position) -> bo
         return true;
     }
     match v {
-        Value::Amount(a) => a.write_to(out),
-        Value::Int(n) => Amount::new(n, 0).write_to(out),
+        Value::Amount(a) => a.write_out(out),
+        Value::Int(n) => Amount::new(n, 0).write_out(out),
         Value::Text(s) | Value::Encoded(Encoded(s)) => {
             if !s.is_empty() && s.parse::<Amount>().is_err() {
                 return false;
@@ -940,9 +937,9 @@ fn write_checked(out: &mut String, v: Value<'_>, flags: u8, pos: Position) -> bo
 /// [`ValueMap`], which prepared the text of each value when it was set.
 trait Fill {
     /// Write the value of a macro that needs no check (nothing if it has none).
-    fn plain(&self, out: &mut String, seg: &Seg);
+    fn plain<O: Out>(&self, out: &mut O, seg: &Seg);
     /// Write the value of a checked macro; `false` when it does not fit.
-    fn checked(&self, out: &mut String, seg: &Seg) -> bool;
+    fn checked<O: Out>(&self, out: &mut O, seg: &Seg) -> bool;
     /// The value, for the error.
     fn value_of(&self, m: Macro) -> Option<Value<'_>>;
 }
@@ -952,14 +949,14 @@ struct Generic<'a, V: ?Sized>(&'a V);
 
 impl<V: MacroValues + ?Sized> Fill for Generic<'_, V> {
     #[inline(always)]
-    fn plain(&self, out: &mut String, seg: &Seg) {
+    fn plain<O: Out>(&self, out: &mut O, seg: &Seg) {
         if let Some(v) = self.0.value(seg.mac) {
             write_plain(out, v, seg.pos);
         }
     }
 
     #[inline(always)]
-    fn checked(&self, out: &mut String, seg: &Seg) -> bool {
+    fn checked<O: Out>(&self, out: &mut O, seg: &Seg) -> bool {
         match self.0.value(seg.mac) {
             Some(v) => write_checked(out, v, seg.flags, seg.pos),
             None => true,
@@ -973,14 +970,14 @@ impl<V: MacroValues + ?Sized> Fill for Generic<'_, V> {
 
 /// Write a value of a macro that needs no check.
 #[inline(always)]
-fn write_plain(out: &mut String, v: Value<'_>, pos: Position) {
+fn write_plain<O: Out>(out: &mut O, v: Value<'_>, pos: Position) {
     match v {
         Value::Text(s) => encode::encode_into(out, s, pos),
         Value::Encoded(e) => out.push_str(e.as_str()),
-        Value::Int(n) => Amount::new(n, 0).write_to(out),
-        Value::Amount(a) => a.write_to(out),
+        Value::Int(n) => Amount::new(n, 0).write_out(out),
+        Value::Amount(a) => a.write_out(out),
         Value::Currency(c) => c.write_to(out),
-        Value::Time(t) => Amount::new(t.timestamp(), 0).write_to(out),
+        Value::Time(t) => Amount::new(t.timestamp(), 0).write_out(out),
     }
 }
 
@@ -1187,13 +1184,13 @@ fn compile_url(
 }
 
 /// Whether `head` followed by `tail` is a `.` or `..` path segment, escaped forms included.
-fn is_dot_segment(head: &str, tail: &str) -> bool {
+fn is_dot_segment(head: &[u8], tail: &str) -> bool {
     let len = head.len() + tail.len();
     if len > 6 {
         return false;
     }
     let mut buf = [0u8; 6];
-    buf[..head.len()].copy_from_slice(head.as_bytes());
+    buf[..head.len()].copy_from_slice(head);
     buf[head.len()..len].copy_from_slice(tail.as_bytes());
     let s = &buf[..len];
     let dot = |b: &[u8]| b == b"." || b.eq_ignore_ascii_case(b"%2e");

@@ -5,6 +5,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use super::writer::Out;
+
 /// An ISO 4217 currency code: three ASCII capital letters such as `USD`.
 ///
 /// Symbols (`€`, `$`) are refused: receivers parse codes, and symbols are what broke postbacks in
@@ -30,12 +32,10 @@ impl Currency {
         }
     }
 
-    /// Append the code to `out`.
+    /// Append the code to `out`: three ASCII bytes.
     #[inline]
-    pub(crate) fn write_to(&self, out: &mut String) {
-        for &b in &self.0 {
-            out.push(char::from(b & 0x7f));
-        }
+    pub(super) fn write_to<O: Out>(&self, out: &mut O) {
+        out.ascii_run(&self.0);
     }
 
     /// The code as text.
@@ -161,6 +161,12 @@ impl Amount {
     /// Write the amount into `out`, locale-free.
     #[inline]
     pub fn write_to(&self, out: &mut String) {
+        self.write_out(out);
+    }
+
+    /// [`Amount::write_to`], into either of expansion's buffers.
+    #[inline]
+    pub(super) fn write_out<O: Out>(&self, out: &mut O) {
         // Digits are made two at a time from the least significant end into a buffer that starts
         // as all zeros, so the zeros a small amount needs before its decimals are already there.
         // 20 digits hold any u64; the scale is at most 12, so 24 always fits both.
@@ -188,17 +194,12 @@ impl Amount {
         // At least one digit before the mark.
         let i = i.min(point - 1);
         if self.units < 0 {
-            out.push('-');
+            out.ascii(b'-');
         }
-        // `& 0x7f` tells the compiler each byte is ASCII, so a push is one store and no call.
-        for &b in &buf[i..point] {
-            out.push(char::from(b & 0x7f));
-        }
+        out.ascii_run(&buf[i..point]);
         if scale > 0 {
-            out.push('.');
-            for &b in &buf[point..] {
-                out.push(char::from(b & 0x7f));
-            }
+            out.ascii(b'.');
+            out.ascii_run(&buf[point..]);
         }
     }
 }

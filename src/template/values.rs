@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::catalog::{Catalog, Macro};
 use super::encode::{self, Position};
 use super::money::{Amount, Currency};
+use super::writer::Out;
 use super::{CURRENCY, Fill, Generic, MONEY, NOT_COMPONENT, Seg, write_checked, write_plain};
 use crate::hash::IdMap;
 
@@ -503,28 +504,16 @@ impl ValueMap {
         }
     }
 
-    /// Append the prepared text `p`. Text of at most 16 or 32 bytes is copied as exactly that
-    /// many (reaching into the next slot's text or [`TEXT_PAD`]) and cut back, where the buffer
-    /// has room: a fixed-size copy is a couple of moves, a copy of unknown length a call.
+    /// Append the prepared text `p`, as a fixed 16 or 32 bytes where it is that short
+    /// (reaching into the next slot's text or [`TEXT_PAD`]).
     #[inline(always)]
-    fn push_prepared(&self, out: &mut String, p: Prep) {
+    fn push_prepared<O: Out>(&self, out: &mut O, p: Prep) {
         let (start, len) = (p.start as usize, usize::from(p.len));
-        let at = out.len();
-        let room = out.capacity() - at;
-        if len <= 16 && room >= 16 {
-            if let Some(chunk) = self.text.get(start..start + 16) {
-                out.push_str(chunk);
-                out.truncate(at + len);
-                return;
-            }
-        } else if len <= 32 && room >= 32 {
-            if let Some(chunk) = self.text.get(start..start + 32) {
-                out.push_str(chunk);
-                out.truncate(at + len);
-                return;
-            }
+        if len <= 16 {
+            out.piece::<16>(&self.text, start, len);
+        } else {
+            out.piece::<32>(&self.text, start, len);
         }
-        out.push_str(self.text.get(start..start + len).unwrap_or_default());
     }
 
     /// Set a value by macro name, checked against `catalog`.
@@ -647,7 +636,7 @@ fn prep_value(out: &mut String, v: Value<'_>) -> u8 {
 
 impl Fill for ValueMap {
     #[inline(always)]
-    fn plain(&self, out: &mut String, seg: &Seg) {
+    fn plain<O: Out>(&self, out: &mut O, seg: &Seg) {
         let p = self.prep_of(seg.mac);
         let need = seg.flags & PREP_ANY_POS | PREP_SET;
         if p.flags & need == need {
@@ -658,7 +647,7 @@ impl Fill for ValueMap {
     }
 
     #[inline(always)]
-    fn checked(&self, out: &mut String, seg: &Seg) -> bool {
+    fn checked<O: Out>(&self, out: &mut O, seg: &Seg) -> bool {
         let p = self.prep_of(seg.mac);
         let need = seg.flags & (PREP_ANY_POS | PREP_MONEY | PREP_CURRENCY) | PREP_SET;
         if p.flags & need == need {
