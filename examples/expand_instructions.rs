@@ -1,7 +1,8 @@
 //! One expansion, repeated, for counting instructions with callgrind (issue 15): the templates
 //! and values of `benches/expand.rs`, expanded N times with a caller's struct (`struct`), a
 //! prepared `ValueMap` built once (`map`), a prepared `ValueMap` built and expanded in every round
-//! (`set`), a plain `ValueMap` built and expanded in every round (`plainset`), or the
+//! (`set`), a plain `ValueMap` built and expanded in every round (`plainset`), the values a
+//! delivery keeps with its key, as the engine and the stores expand them (`stored`), or the
 //! `push_str` floor of pre-encoded pieces (`floor`).
 //!
 //! ```text
@@ -19,6 +20,7 @@ use std::hint::black_box;
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 use postback::template::{
     Amount, Catalog, Currency, Macro, MacroValues, OwnedValue, Template, Value, ValueMap,
+    WithDeliveryId,
 };
 
 include!("../benches/support/expand_fixture.rs");
@@ -35,7 +37,8 @@ fn owned(v: Value<'_>) -> OwnedValue {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: expand_instructions short|typical|long N struct|map|set|floor";
+    let usage =
+        "usage: expand_instructions short|typical|long N struct|map|set|plainset|stored|floor";
     let (Some(which), Some(n), Some(mode)) = (args.get(1), args.get(2), args.get(3)) else {
         eprintln!("{usage}");
         std::process::exit(2);
@@ -76,12 +79,19 @@ fn main() {
     t.expand_into(&mut expected, &conv).expect("expands");
     assert_eq!(pieces.concat(), expected, "the floor sends the same bytes");
 
+    // What the engine and the stores expand: the values a delivery keeps, and its key.
+    let stored = conv.to_stored(&[]);
+    let stored = WithDeliveryId::new(&stored, &conv.delivery_id);
+
     let mut out = String::with_capacity(4096);
     for _ in 0..n {
         out.clear();
         match mode.as_str() {
             "struct" => t.expand_into(&mut out, black_box(&conv)).expect("expands"),
             "map" => t.expand_into(&mut out, black_box(&map)).expect("expands"),
+            "stored" => t
+                .expand_into(&mut out, black_box(&stored))
+                .expect("expands"),
             "plainset" => {
                 let mut m = ValueMap::new();
                 for &mac in &used {
