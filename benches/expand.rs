@@ -11,6 +11,8 @@
 //!    expansion costs once the values are in a map (as the floor measures copying pieces
 //!    encoded in advance); `ours_value_map_set`: the map built from the struct's values and
 //!    then expanded, in every iteration (a map per conversion, its allocations included);
+//!    `ours_stored`: the values a delivery keeps ([`StoredValues`], captured once) with its key
+//!    for `{delivery_id}`, which is what the engine and the stores expand on every send;
 //! 2. `naive_replace`: a `str::replace` chain, one call per macro of the value set;
 //! 3. `regex`: `Regex::replace_all` with a closure looking the name up;
 //! 4. `aho_corasick`: `AhoCorasick::replace_all_with` into a reused `String`;
@@ -44,7 +46,9 @@ use std::hint::black_box;
 use aho_corasick::{AhoCorasick, MatchKind};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
-use postback::template::{Amount, Currency, Macro, MacroValues, Template, Value, ValueMap};
+use postback::template::{
+    Amount, Currency, Macro, MacroValues, StoredValues, Template, Value, ValueMap, WithDeliveryId,
+};
 use regex::{Captures, Regex};
 
 include!("support/expand_fixture.rs");
@@ -231,6 +235,10 @@ fn bench(c: &mut Criterion) {
         assert_eq!(buf, expected, "{name}: ValueMap");
         ours(&f, &mut buf, &value_map(&f, &conv));
         assert_eq!(buf, expected, "{name}: ValueMap built again");
+        let stored: StoredValues = conv.to_stored(&[]);
+        let stored = WithDeliveryId::new(&stored, &conv.delivery_id);
+        ours(&f, &mut buf, &stored);
+        assert_eq!(buf, expected, "{name}: StoredValues");
         assert_eq!(naive_replace(&f), expected, "{name}: str::replace");
         assert_eq!(regex_replace(&f), expected, "{name}: regex");
         aho_corasick(&f, &mut buf);
@@ -272,6 +280,13 @@ fn bench(c: &mut Criterion) {
             b.iter(|| {
                 let map = value_map(&f, black_box(&conv));
                 ours(&f, &mut out, &map);
+                black_box(out.len());
+            })
+        });
+        g.bench_function("ours_stored", |b| {
+            let mut out = String::with_capacity(cap);
+            b.iter(|| {
+                ours(&f, &mut out, black_box(&stored));
                 black_box(out.len());
             })
         });
