@@ -278,9 +278,9 @@ struct Seg {
     flags: u8,
 }
 
-/// Spaces after the literal text, so that a short literal can be copied as 16 bytes
-/// ([`Out::piece`]).
-const PAD: &str = "                ";
+/// Spaces after the literal text, so that a literal of up to 32 bytes can be copied as a fixed
+/// 16 or 32 ([`push_literal`]).
+const PAD: &str = "                                ";
 
 /// The last macro of a path segment whose literal text is only dots: after it, check that the
 /// segment as expanded is not `.` or `..`.
@@ -299,6 +299,9 @@ const CHECKED: u8 = 32;
 /// The macro stands outside a query component (in a path segment or HTML code): text a
 /// [`ValueMap`] prepared for a query fits it only if it is the same in every position.
 const NOT_COMPONENT: u8 = 64;
+/// An empty value is refused ([`EmptyPolicy::Refuse`]): in the flags, so the loop reads no
+/// options.
+const REFUSE_EMPTY: u8 = 128;
 
 /// Which HTML element a pixel postback is rendered as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -498,10 +501,10 @@ impl Template {
         let mut segs = segs;
         for seg in &mut segs {
             let click = options.require_click_id && seg.flags & (CLICK_ID | FRAGMENT) == CLICK_ID;
-            if click
-                || seg.flags & (DOT_CHECK | CURRENCY | MONEY) != 0
-                || options.empty == EmptyPolicy::Refuse
-            {
+            if options.empty == EmptyPolicy::Refuse {
+                seg.flags |= CHECKED | REFUSE_EMPTY;
+            }
+            if click || seg.flags & (DOT_CHECK | CURRENCY | MONEY) != 0 {
                 seg.flags |= CHECKED;
             }
         }
@@ -695,12 +698,11 @@ impl Template {
     #[inline(always)]
     fn expand_with<F: Fill + ?Sized, O: Out>(&self, out: &mut O, f: &F) -> Result<(), ExpandError> {
         let lits = &*self.lits;
-        let refuse_empty = self.options.empty == EmptyPolicy::Refuse;
         let mut start = 0;
         let mut click_id_filled = false;
         for seg in self.segs.iter() {
             let end = seg.lit_end as usize;
-            out.piece::<16>(lits, start, end - start);
+            push_literal(out, lits, start, end - start);
             start = end;
             if seg.flags & CHECKED == 0 {
                 f.plain(out, seg);
@@ -714,12 +716,15 @@ impl Template {
                 self.check_dot_segment(out.bytes(), seg)?;
             }
             let filled = out.len() != before;
-            if refuse_empty && !filled {
+            if seg.flags & REFUSE_EMPTY != 0 && !filled {
                 return Err(ExpandError::Missing(self.macro_name(seg.mac)));
             }
             click_id_filled |= filled & (seg.flags & (CLICK_ID | FRAGMENT) == CLICK_ID);
         }
-        out.push_str(self.text().get(start..).unwrap_or_default());
+        let tail = self.text().len() - start;
+        if tail > 0 {
+            push_literal(out, lits, start, tail);
+        }
         if !click_id_filled && self.options.require_click_id && self.has_click_id() {
             return Err(self.no_click_id());
         }
@@ -895,6 +900,18 @@ impl Template {
             + self.segs.len() * std::mem::size_of::<Seg>()
             + self.custom.iter().map(|(n, _)| n.len() + 24).sum::<usize>()
             + self.lints.len() * std::mem::size_of::<Lint>()
+    }
+}
+
+/// Append `lits[start..start + len]`: most literals between macros (`&sub1=`) fit 16 bytes, and
+/// the start of a URL or a fixed parameter (`https://t.example/pb?cid=`, `&utm_source=network`)
+/// often 32.
+#[inline(always)]
+fn push_literal<O: Out>(out: &mut O, lits: &str, start: usize, len: usize) {
+    if len <= 16 {
+        out.piece::<16>(lits, start, len);
+    } else {
+        out.piece::<32>(lits, start, len);
     }
 }
 
