@@ -20,6 +20,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, named_params, params};
 
 use postback::access::{Actor, AuditEntry, Operation, Settings};
@@ -140,6 +141,11 @@ impl SqliteStore {
             Durability::PowerLoss => "FULL",
         };
         conn.pragma_update(None, "synchronous", sync).db()?;
+        // Otherwise SQLite reads a bound `LIMIT :limit` while preparing, and every new binding
+        // re-prepares the statement: twice a claim, compiling its correction checks each time.
+        // No statement's plan depends on a bound value.
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
+            .db()?;
         conn.set_prepared_statement_cache_capacity(64);
         schema::migrate(&mut conn)?;
         Ok(SqliteStore {

@@ -56,6 +56,36 @@ mod tests {
     }
 
     #[test]
+    fn no_statement_is_prepared_again_when_bound_again() {
+        let store = match super::super::SqliteStore::open_in_memory() {
+            Ok(s) => s,
+            Err(e) => panic!("an in-memory store: {e}"),
+        };
+        let g = store.lock();
+        for file in FILES {
+            for (name, sql) in sections(file) {
+                let mut stmt = match g.conn.prepare(sql) {
+                    Ok(s) => s,
+                    Err(e) => panic!("{name}: {e}"),
+                };
+                for _ in 0..2 {
+                    for i in 1..=stmt.parameter_count() {
+                        if let Err(e) = stmt.raw_bind_parameter(i, 1) {
+                            panic!("{name}: {e}");
+                        }
+                    }
+                    // Whether it runs does not matter (a value of the wrong type fails): a step
+                    // re-prepares an expired statement before anything else.
+                    let mut rows = stmt.raw_query();
+                    while let Ok(Some(_)) = rows.next() {}
+                }
+                let n = stmt.get_status(rusqlite::StatementStatus::RePrepare);
+                assert_eq!(n, 0, "{name} is prepared again on every run");
+            }
+        }
+    }
+
+    #[test]
     fn a_missing_statement_is_an_error_not_a_panic() {
         assert!(q(META, "no_such_statement").is_err());
         assert!(q(META, "get").is_ok_and(|s| s.starts_with("SELECT")));
