@@ -658,35 +658,33 @@ impl Template {
         out: &mut String,
         values: &V,
     ) -> Result<(), ExpandError> {
-        let mark = out.len();
         if self.segs.len() > writer::BYTES_FROM {
             let mut bytes = Bytes::take(out);
             let r = self.expand_from(&mut bytes, values);
-            if r.is_err() {
-                bytes.truncate(mark);
-            }
             bytes.finish(out);
             r
         } else {
-            let r = self.expand_from(out, values);
-            if r.is_err() {
-                out.truncate(mark);
-            }
-            r
+            self.expand_from(out, values)
         }
     }
 
+    /// Expand by appending to `out`, left as it was on error.
     #[inline(always)]
     fn expand_from<V: MacroValues + ?Sized, O: Out>(
         &self,
         out: &mut O,
         values: &V,
     ) -> Result<(), ExpandError> {
-        match values.as_value_map() {
+        let mark = out.len();
+        let r = match values.as_value_map() {
             // Each value's text was worked out when it was set: no lookup by kind, no encoding.
             Some(map) => self.expand_with(out, map),
             None => self.expand_with(out, &Generic(values)),
+        };
+        if r.is_err() {
+            out.truncate(mark);
         }
+        r
     }
 
     /// The literal text without its padding.
