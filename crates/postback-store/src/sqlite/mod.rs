@@ -740,6 +740,15 @@ impl Store for SqliteStore {
         if order.is_empty() {
             return Ok(Vec::new());
         }
+        // The transaction holds the write lock, so the rows read are the rows claimed.
+        let ids = format!(
+            "[{}]",
+            order
+                .iter()
+                .map(i64::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        );
         let mut claimed: HashMap<i64, (i64, i64, String)> = tx
             .prepare_cached(q(DELIVERIES, "claim")?)
             .db()?
@@ -747,8 +756,7 @@ impl Store for SqliteStore {
                 named_params! {
                     ":lease_end": ceil(until),
                     ":owner": owner,
-                    ":now": floor(now),
-                    ":limit": limit,
+                    ":ids": ids,
                 },
                 |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?, r.get(3)?))),
             )

@@ -28,22 +28,11 @@ ORDER BY due_at, id
 LIMIT :limit;
 
 -- name: claim
+-- The rows `due_ids` read, in the same transaction (`:ids`, a JSON array): its selection, with
+-- the correction checks, is written and run once.
 UPDATE deliveries
 SET claims = claims + 1, due_at = :lease_end, lease_owner = :owner
-WHERE id IN (SELECT id FROM deliveries d
-             WHERE status = 'scheduled' AND due_at <= :now
-               AND (purpose = 'test'
-                    OR postback IN (SELECT id FROM postbacks WHERE status = 'active'))
-               AND (d.revision = 0 OR (
-                        NOT EXISTS (SELECT 1 FROM deliveries o
-                                    WHERE o.key = d.trigger || '.' || d.postback || '.' || d.purpose || '.0'
-                                      AND o.status IN ('scheduled', 'held'))
-                        AND NOT EXISTS (SELECT 1 FROM deliveries e
-                                        WHERE e.revision > 0 AND e.status IN ('scheduled', 'held')
-                                          AND e.trigger = d.trigger AND e.postback = d.postback
-                                          AND e.purpose = d.purpose AND e.revision < d.revision)))
-             ORDER BY due_at, id
-             LIMIT :limit)
+WHERE id IN (SELECT value FROM json_each(:ids))
 RETURNING id, claims, settled, state;
 
 -- name: fence
